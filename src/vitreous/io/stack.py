@@ -1,0 +1,147 @@
+"""Lazy particle images from MRC stacks: memory-mapped, several files at once, never all in RAM.
+
+Image ``i`` is frame ``index[i]`` (0-based) of file ``paths[file_id[i]]``.  Stacks are opened on first use
+through ``numpy`` memory maps and kept in a small cache of open files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vitreous.errors import InputError
+from vitreous.io.mrc import StackHeader, open_stack, read_header
+
+MAX_OPEN_FILES = 256
+
+
+class ImageStack:
+    """Images drawn lazily from one or more MRC stacks (float16 or float32 on disk, float32 out)."""
+
+    def __init__(self, paths: Sequence[str | Path], file_id: np.ndarray, index: np.ndarray) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.file_id = np.asarray(file_id, dtype=np.int64)
+        self.index = np.asarray(index, dtype=np.int64)
+        if self.file_id.shape != self.index.shape:
+            raise ValueError("file_id and index must have the same length")
+        self.headers = [read_header(p) for p in self.paths]
+        self._check()
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _check(self) -> None:
+        shapes = {(h.ny, h.nx) for h in self.headers}
+        if len(shapes) > 1:
+            raise InputError(self.paths[0], f"stacks have different image sizes {sorted(shapes)}",
+                             "re-extract all particles at one box size")
+        for h in self.headers:
+            if h.ny != h.nx:
+                raise InputError(h.path, f"images are not square ({h.ny} x {h.nx})", "re-extract square boxes")
+        if len(self.index) and (self.index.min() < 0):
+            raise InputError(self.paths[0], "image indices must start at 1 in N@file references")
+        counts = np.array([h.n for h in self.headers])
+        too_far = self.index >= counts[self.file_id] if len(self.index) else np.zeros(0, bool)
+        if too_far.any():
+            i = int(np.argmax(too_far))
+            h = self.headers[self.file_id[i]]
+            raise InputError(h.path, f"particle {i + 1} asks for image {self.index[i] + 1} but the stack holds "
+                             f"{h.n}", "check that the STAR/cs file belongs to this stack")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ImageStack:
+        """All frames of one stack, in order."""
+        header = read_header(path)
+        return cls([path], np.zeros(header.n, np.int64), np.arange(header.n))
+
+    @classmethod
+    def from_references(cls, files: Sequence[str], index: np.ndarray, search_dirs: Sequence[Path],
+                        metadata_path: str | Path) -> ImageStack:
+        """Stacks from per-particle file names (resolved against ``search_dirs``) and 0-based frame indices."""
+        codes, unique = pd.factorize(pd.Series(files, dtype=object), sort=False)
+        paths = [resolve_stack_path(name, search_dirs, metadata_path) for name in unique]
+        return cls(paths, codes, index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def box(self) -> int:
+        """Image side length in pixels."""
+        return self.headers[0].ny if self.headers else 0
+
+    @property
+    def header_voxel_sizes(self) -> list[float]:
+        """Voxel size (Å) in each stack's header; 0 where unset."""
+        return [h.voxel_size for h in self.headers]
+
+    def header_of(self, i: int) -> StackHeader:
+        """The header of the stack that holds image ``i``."""
+        return self.headers[self.file_id[i]]
+
+    def _stack(self, f: int) -> np.ndarray:
+        if f in self._open:
+            self._open.move_to_end(f)
+        else:
+            self._open[f] = open_stack(self.paths[f])
+            if len(self._open) > MAX_OPEN_FILES:
+                self._open.popitem(last=False)
+        return self._open[f]
+
+    def read(self, indices: Sequence[int] | np.ndarray | slice, check_finite: bool = True) -> np.ndarray:
+        """Images ``indices`` as a float32 array (k, D, D), read from disk now."""
+        idx = np.arange(len(self))[indices] if isinstance(indices, slice) else np.asarray(indices, np.int64)
+        out = np.empty((len(idx), self.box, self.box), np.float32)
+        fids = self.file_id[idx]
+        for f in np.unique(fids):
+            sel = np.nonzero(fids == f)[0]
+            frames = self.index[idx[sel]]
+            order = np.argsort(frames, kind="stable")  # sequential reads within a file
+            out[sel[order]] = self._stack(int(f))[frames[order]]
+        if check_finite and not np.isfinite(out).all():
+            bad = int(idx[np.nonzero(~np.isfinite(out).reshape(len(idx), -1).all(axis=1))[0][0]])
+            raise InputError(self.paths[self.file_id[bad]], f"image {self.index[bad] + 1} (particle {bad + 1}) "
+                             "contains NaN or infinite pixels", "remove that particle or re-extract it")
+        return out
+
+    def __getitem__(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
+        return self.read(indices)
+
+    def subset(self, indices: np.ndarray) -> ImageStack:
+        """A view on some of the images (no data read)."""
+        new = object.__new__(ImageStack)
+        new.paths, new.headers = self.paths, self.headers
+        new.file_id, new.index = self.file_id[indices], self.index[indices]
+        new._open = OrderedDict()
+        return new
+
+    def references(self, relative_to: Path | None = None) -> list[str]:
+        """RELION ``N@file`` names (1-based N), paths relative to ``relative_to`` where possible."""
+        names = [_relative(p, relative_to) for p in self.paths]
+        return [f"{i + 1:06d}@{names[f]}" for f, i in zip(self.file_id.tolist(), self.index.tolist(), strict=True)]
+
+
+def _relative(path: Path, start: Path | None) -> str:
+    if start is None:
+        return str(path)
+    try:
+        return os.path.relpath(path.resolve(), start.resolve())
+    except ValueError:  # different drives
+        return str(path.resolve())
+
+
+def resolve_stack_path(name: str, search_dirs: Sequence[Path], metadata_path: str | Path) -> Path:
+    """Find a stack named in metadata: as given, then below each search dir (full relative path, then base name)."""
+    name = name.lstrip(">")  # cryoSPARC marks imported blobs with '>'
+    candidate = Path(name)
+    if candidate.is_absolute() and candidate.is_file():
+        return candidate
+    for base in search_dirs:
+        for option in (base / candidate, base / candidate.name):
+            if option.is_file():
+                return option
+    raise InputError(metadata_path, f"particle stack '{name}' not found (looked in "
+                     f"{', '.join(str(d) for d in search_dirs)})", "pass --datadir DIR with the folder that holds the stacks")

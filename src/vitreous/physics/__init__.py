@@ -1,0 +1,1 @@
+"""Imaging physics: rotations, CTF, Fourier tools, projection (PyTorch, CPU and CUDA)."""
