@@ -57,6 +57,10 @@ class ParticleSet:
             self.particles["rlnOpticsGroup"] = 1
         if "rlnOpticsGroup" not in self.optics or "rlnImagePixelSize" not in self.optics:
             raise InputError(self.source or None, "optics table needs rlnOpticsGroup and rlnImagePixelSize")
+        duplicated = self.optics["rlnOpticsGroup"][self.optics["rlnOpticsGroup"].duplicated()]
+        if len(duplicated):
+            raise InputError(self.source or None, f"optics group {duplicated.iloc[0]} is defined twice",
+                             "give each row of data_optics its own rlnOpticsGroup")
         missing = set(self.particles["rlnOpticsGroup"].unique()) - set(self.optics["rlnOpticsGroup"])
         if missing:
             raise InputError(self.source or None, f"particles refer to optics groups {sorted(missing)} "

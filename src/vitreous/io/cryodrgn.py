@@ -9,6 +9,7 @@ voltage (kV), Cs (mm), amplitude contrast, phase shift (deg).
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,28 +25,58 @@ CTF_COLUMNS = ["rlnImageSize", "rlnImagePixelSize", "rlnDefocusU", "rlnDefocusV"
                "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift"]
 
 
+# What a pickle of NumPy arrays refers to; anything else (code a crafted pickle could run) is refused.
+ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    *((module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds NumPy arrays, tuples, lists and numbers."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in ALLOWED_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refers to {module}.{name}, not a NumPy array")
+
+
 def _load(path: str | Path) -> object:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found", "check the path")
     try:
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open(path, "rb") as fh:
+                return _ArrayUnpickler(fh).load()
     except Exception as exc:
-        raise InputError(path, f"not a readable pickle ({type(exc).__name__})", "give a cryoDRGN .pkl") from None
+        raise InputError(path, f"not a readable cryoDRGN pickle ({type(exc).__name__}: {exc})",
+                         "give a cryoDRGN .pkl of NumPy arrays") from None
+
+
+def _as_array(obj: object, path: str | Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray(obj, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, f"{what} are not a numeric array ({type(exc).__name__})",
+                         "give a cryoDRGN .pkl") from None
 
 
 def read_pose_pkl(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``(rot (N,3,3), trans (N,2) as a fraction of the box or None)`` from a cryoDRGN pose pickle."""
     obj = _load(path)
     rot, trans = (obj[0], obj[1]) if isinstance(obj, tuple | list) and len(obj) == 2 else (obj, None)
-    rot = np.asarray(rot, np.float64)
+    rot = _as_array(rot, path, "rotations")
     if rot.ndim != 3 or rot.shape[1:] != (3, 3):
         raise InputError(path, f"rotations have shape {rot.shape}, expected (N, 3, 3)", "give a pose pickle")
     if trans is not None:
-        trans = np.asarray(trans, np.float64)
+        trans = _as_array(trans, path, "translations")
         if trans.shape != (len(rot), 2):
-            raise InputError(path, f"translations have shape {trans.shape}, expected ({len(rot)}, 2)")
+            raise InputError(path, f"translations have shape {trans.shape}, expected ({len(rot)}, 2)",
+                             "give a pose pickle (rot, trans) of the same particles")
     if not np.isfinite(rot).all() or (trans is not None and not np.isfinite(trans).all()):
         raise InputError(path, "poses contain NaN or infinite values", "regenerate the poses")
     return rot, trans
@@ -53,7 +84,7 @@ def read_pose_pkl(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def read_ctf_pkl(path: str | Path) -> np.ndarray:
     """The (N, 9) CTF array of a cryoDRGN CTF pickle."""
-    ctf = np.asarray(_load(path), dtype=np.float64)
+    ctf = _as_array(_load(path), path, "CTF parameters")
     if ctf.ndim != 2 or ctf.shape[1] != 9:
         raise InputError(path, f"CTF array has shape {ctf.shape}, expected (N, 9)", "give a cryoDRGN ctf.pkl")
     if not np.isfinite(ctf).all():
@@ -111,7 +142,8 @@ def particles_from_pkl(pose_path: str | Path | None, ctf_path: str | Path | None
     rot, trans = read_pose_pkl(pose_path) if pose_path is not None else (None, None)
     n = len(rot) if rot is not None else len(ctf)
     if columns and len(columns["rlnDefocusU"]) != n:
-        raise InputError(pose_path, f"{n} poses but {len(ctf)} CTF rows", "use pickles of the same particles")
+        raise InputError(pose_path, f"{n} poses but {len(ctf)} CTF rows in {ctf_path}",
+                         "use pose and CTF pickles of the same particles")
     box = box or (images.box if images is not None else None) or (
         int(columns["rlnImageSize"][0]) if columns else None)
     if apix is not None:

@@ -46,8 +46,11 @@ def load_cs_array(path: str | Path) -> np.ndarray:
     except Exception as exc:
         raise InputError(path, f"not a readable cryoSPARC .cs file ({type(exc).__name__})",
                          "export the particles again from cryoSPARC") from None
-    if not isinstance(data, np.ndarray) or data.dtype.names is None:
-        raise InputError(path, "not a cryoSPARC .cs file (no named fields)", "give a particles .cs file")
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data.close()
+        raise InputError(path, "an .npz archive, not a cryoSPARC .cs file", "give a particles .cs file")
+    if not isinstance(data, np.ndarray) or data.dtype.names is None or data.ndim != 1:
+        raise InputError(path, "not a cryoSPARC .cs file (no table of named fields)", "give a particles .cs file")
     missing = [f for f in REQUIRED if f not in data.dtype.names]
     if missing:
         raise InputError(path, f"missing fields {', '.join(missing)}", "give a particle .cs file (with blob/*)")
@@ -58,20 +61,56 @@ def _decode(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def read_cs(path: str | Path, datadir: str | Path | None = None, *, load_images: bool = True) -> ParticleSet:
-    """Read particles, CTF and (when present) 3D alignments from a cryoSPARC .cs file."""
+def read_cs(path: str | Path, datadir: str | Path | None = None, *, load_images: bool = True,
+            apix: float | None = None) -> ParticleSet:
+    """Read particles, CTF and (when present) 3D alignments from a cryoSPARC .cs file.
+
+    ``apix`` overrides ``blob/psize_A`` (Å); shifts stay the same in pixels.
+    """
     path = Path(path)
     data = load_cs_array(path)
+    for field in ("blob/psize_A", "alignments3D/pose", "alignments3D/shift", *CTF_FIELDS):
+        if field in data.dtype.names and data[field].dtype.kind == "f":
+            bad = ~np.isfinite(data[field]).reshape(len(data), -1).all(axis=1)
+            if bad.any():
+                raise InputError(path, f"{field} of particle {int(np.argmax(bad)) + 1} is NaN or infinite",
+                                 "re-export the particles, or remove that particle")
+    try:
+        table, files, index = _table_from_cs(data, apix)
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, f"malformed cryoSPARC fields ({type(exc).__name__}: {exc})",
+                         "export the particles again from cryoSPARC") from None
+    numbers = table.select_dtypes("number")
+    bad = ~np.isfinite(numbers.to_numpy(np.float64))
+    if bad.any():
+        row, col = (int(k[0]) for k in np.nonzero(bad))
+        raise InputError(path, f"{numbers.columns[col]} of particle {row + 1} is not finite (NaN or infinite "
+                         "pose, shift or CTF value)", "re-export the particles")
+    if (table["rlnImagePixelSize"] <= 0).any() or (table["rlnImageSize"] <= 0).any():
+        raise InputError(path, "blob/psize_A or blob/shape is not positive", "pass --apix, or re-export")
+    particles, optics = split_optics(table)
+    images = None
+    if load_images:
+        dirs = ([Path(datadir)] if datadir is not None else []) + [path.parent, *list(path.resolve().parents)[:3]]
+        dirs = list(dict.fromkeys(d.resolve() for d in dirs))
+        images = ImageStack.from_references(files, index, dirs, path)
+    return ParticleSet(particles, optics, images, source=str(path))
+
+
+def _table_from_cs(data: np.ndarray, apix: float | None) -> tuple[pd.DataFrame, list[str], np.ndarray]:
+    """The flat RELION-labelled table of a .cs array, its stack names and 0-based frame indices."""
     names = data.dtype.names
     boxes = np.asarray(data["blob/shape"]).reshape(len(data), -1)[:, 0]
-    apix = data["blob/psize_A"].astype(np.float64)
-    table = pd.DataFrame({"rlnImagePixelSize": apix, "rlnImageSize": boxes.astype(np.int64)})
+    cs_apix = data["blob/psize_A"].astype(np.float64)
+    apix_out = cs_apix if apix is None else np.full(len(data), float(apix))
+    table = pd.DataFrame({"rlnImagePixelSize": apix_out, "rlnImageSize": boxes.astype(np.int64)})
     for field, (label, factor) in CTF_FIELDS.items():
         if field in names:
             table[label] = data[field].astype(np.float64) * factor
     if "alignments3D/pose" in names:
         table[EULER] = matrix_to_euler(cryosparc_pose_to_matrix(data["alignments3D/pose"].astype(np.float64)))
-        table[SHIFTS] = data["alignments3D/shift"].astype(np.float64) * apix[:, None]
+        if "alignments3D/shift" in names:
+            table[SHIFTS] = data["alignments3D/shift"].astype(np.float64).reshape(len(data), 2) * apix_out[:, None]
         if "alignments3D/split" in names:
             table["rlnRandomSubset"] = data["alignments3D/split"].astype(np.int64) + 1
     for prefix in ("alignments3D", "alignments2D"):
@@ -83,14 +122,7 @@ def read_cs(path: str | Path, datadir: str | Path | None = None, *, load_images:
     table.insert(0, "rlnImageName", [f"{i + 1:06d}@{f.lstrip('>')}" for f, i in zip(files, index, strict=True)])
     if "uid" in names:
         table[UID] = data["uid"].astype(np.uint64).astype(str)
-    if not np.isfinite(table.select_dtypes("number").to_numpy(np.float64)).all():
-        raise InputError(path, "NaN or infinite values in pose, shift or CTF fields", "re-export the particles")
-    particles, optics = split_optics(table)
-    images = None
-    if load_images:
-        dirs = ([Path(datadir)] if datadir is not None else []) + [path.parent, *list(path.resolve().parents)[:3]]
-        images = ImageStack.from_references(files, index, dirs, path)
-    return ParticleSet(particles, optics, images, source=str(path))
+    return table, files, index
 
 
 def write_cs(path: str | Path, particles: ParticleSet) -> None:
@@ -101,7 +133,7 @@ def write_cs(path: str | Path, particles: ParticleSet) -> None:
         refs = particles.images.references(relative_to=path.parent)
     else:
         refs = particles.particles["rlnImageName"].astype(str).tolist()
-    idx_path = [r.split("@", 1) for r in refs]
+    idx_path = [r.split("@", 1) if "@" in r else ["1", r] for r in refs]  # no '@': a single image
     blob_paths = [p for _, p in idx_path]
     width = max([len(p.encode()) for p in blob_paths] + [1])
     fields: list[tuple] = [

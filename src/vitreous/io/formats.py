@@ -31,10 +31,7 @@ def read_particles(path: str | Path, *, datadir: str | Path | None = None, apix:
     if kind == ".star":
         return read_star(path, datadir, apix=apix, load_images=load_images)
     if kind == ".cs":
-        particles = read_cs(path, datadir, load_images=load_images)
-        if apix is not None:
-            particles.optics["rlnImagePixelSize"] = float(apix)
-        return particles
+        return read_cs(path, datadir, load_images=load_images, apix=apix)
     images = ImageStack.from_file(stack) if stack is not None and load_images else None
     return particles_from_pkl(path, ctf, images=images, apix=apix)
 

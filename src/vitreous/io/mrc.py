@@ -9,9 +9,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import mrcfile
 import numpy as np
+from mrcfile.dtypes import HEADER_DTYPE
+from mrcfile.utils import byte_order_from_machine_stamp, dtype_from_mode
 
 from vitreous.errors import InputError
 from vitreous.io.atomic import atomic_path
@@ -25,8 +28,13 @@ class StackHeader:
     n: int
     ny: int
     nx: int
-    dtype: np.dtype
+    dtype: np.dtype  # as stored, with the file's byte order
     voxel_size: float
+    data_offset: int = 1024  # bytes before the first pixel (header + extended header)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.ny * self.nx * self.dtype.itemsize
 
 
 def read_header(path: str | Path) -> StackHeader:
@@ -34,46 +42,95 @@ def read_header(path: str | Path) -> StackHeader:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found", "check the path (or pass --datadir for relative stack paths)")
+    size = path.stat().st_size
+    if size < 1024:
+        raise InputError(path, f"too short for an MRC file ({size} bytes, the header alone is 1024)",
+                         "re-copy or re-export the file")
+    with open(path, "rb") as fh:
+        raw = fh.read(1024)
+    # Old MRC files may lack the 'MAP ' identifier: only the error messages use it.
+    unreadable = "not a readable MRC file" if raw[208:211] == b"MAP" else "not an MRC file (no 'MAP ' identifier)"
+    ext_bytes = _extended_header_size(raw)
+    if ext_bytes < 0 or 1024 + ext_bytes > size:  # checked before mrcfile allocates that many bytes
+        raise InputError(path, f"{unreadable}: extended header of {ext_bytes} bytes in a file of {size}",
+                         "re-export or re-copy the file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
-                data = mrc.data
+            with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+                header = mrc.header
+                nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+                mode, ext_bytes = int(header.mode), int(header.nsymbt)
+                byte_order = header.mode.dtype.byteorder
                 voxel = float(mrc.voxel_size.x)
-                if data is None:
-                    raise ValueError("data block unreadable")
-                shape = data.shape if data.ndim == 3 else (1, *data.shape)
-                dtype = data.dtype
-                ext_bytes = int(mrc.header.nsymbt)
-    except InputError:
-        raise
-    except Exception as exc:  # mrcfile raises ValueError and friends for corrupt files
-        raise InputError(path, f"not a readable MRC file ({exc})", "re-export or re-copy the file") from None
-    if len(shape) != 3:
-        raise InputError(path, f"expected a 2D image or a stack, got an array of shape {shape}")
-    expected = 1024 + ext_bytes + int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if path.stat().st_size < expected:
-        raise InputError(path, f"file is truncated ({path.stat().st_size} of {expected} bytes)",
-                         "re-copy or re-extract the stack")
-    return StackHeader(path, shape[0], shape[1], shape[2], np.dtype(dtype), voxel)
+    except Exception as exc:  # mrcfile raises ValueError and friends for corrupt headers
+        raise InputError(path, f"{unreadable}: {type(exc).__name__}: {exc}", "re-export or re-copy the file") from None
+    if mode in (3, 4):
+        raise InputError(path, f"complex data (MRC mode {mode}) is not an image stack or a map",
+                         "give real-valued images (mode 0, 1, 2, 6 or 12)")
+    try:
+        dtype = np.dtype(dtype_from_mode(mode)).newbyteorder(byte_order)
+    except ValueError:
+        raise InputError(path, f"{unreadable}: unknown data mode {mode}",
+                         "re-export the file as float32 (mode 2)") from None
+    if min(nx, ny, nz) <= 0 or ext_bytes < 0:
+        raise InputError(path, f"{unreadable}: header gives dimensions {nx} x {ny} x {nz}",
+                         "re-export or re-copy the file")
+    expected = 1024 + ext_bytes + nx * ny * nz * dtype.itemsize
+    if size < expected:
+        raise InputError(path, f"file is truncated ({size} of {expected} bytes)", "re-copy or re-extract the stack")
+    if not np.isfinite(voxel) or voxel < 0:
+        voxel = 0.0  # unusable header value: unknown, taken from the metadata instead
+    return StackHeader(path, nz, ny, nx, dtype, voxel, 1024 + ext_bytes)
 
 
-def open_stack(path: str | Path) -> np.ndarray:
-    """Memory-map an MRC stack read-only; returns an (n, ny, nx) array view (no data read)."""
-    header = read_header(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mrc = mrcfile.mmap(header.path, mode="r", permissive=True)
-    data = mrc.data
-    return data if data.ndim == 3 else data[None]
+def read_frames(fh: BinaryIO, header: StackHeader, frames: np.ndarray) -> np.ndarray:
+    """Frames (0-based, increasing) of an open stack as float32 (k, ny, nx), one read per consecutive run.
+
+    Plain reads rather than memory maps: random access to a few images of a huge stack must not map
+    (and keep resident) large parts of the file.
+    """
+    out = np.empty((len(frames), header.ny, header.nx), np.float32)
+    breaks = np.nonzero(np.diff(frames) != 1)[0] + 1
+    pixels = header.ny * header.nx
+    done = 0
+    for run in np.split(frames, breaks):
+        fh.seek(header.data_offset + int(run[0]) * header.frame_bytes)
+        raw = np.fromfile(fh, dtype=header.dtype, count=len(run) * pixels)
+        if raw.size != len(run) * pixels:
+            raise InputError(header.path, "file ended early (truncated while reading)", "re-copy the stack")
+        out[done:done + len(run)] = raw.reshape(len(run), header.ny, header.nx)
+        done += len(run)
+    return out
+
+
+def _extended_header_size(raw: bytes) -> int:
+    """``nsymbt`` in the byte order mrcfile will use: the machine stamp's, swapped if only that gives a valid mode."""
+    header = np.frombuffer(raw, dtype=HEADER_DTYPE)[0]
+    try:
+        order = byte_order_from_machine_stamp(header["machst"])
+    except ValueError:
+        order = "<"
+    header = header.astype(HEADER_DTYPE.newbyteorder(order))
+    try:
+        dtype_from_mode(header["mode"])
+    except ValueError:
+        swapped = header.astype(HEADER_DTYPE.newbyteorder(">" if order == "<" else "<"))
+        try:
+            dtype_from_mode(swapped["mode"])
+            header = swapped
+        except ValueError:
+            pass
+    return int(header["nsymbt"])
 
 
 def read_map(path: str | Path) -> tuple[np.ndarray, float]:
     """Read a 3D map as float32 [z, y, x] and its voxel size in Å; checks shape and finiteness."""
     header = read_header(path)
-    data = np.asarray(open_stack(path), dtype=np.float32)
-    if header.n == 1 or data.ndim != 3:
-        raise InputError(path, f"expected a 3D map, got a 2D image of shape {data.shape[1:]}")
+    if header.n == 1:
+        raise InputError(path, f"expected a 3D map, got a 2D image of shape {(header.ny, header.nx)}")
+    with open(header.path, "rb") as fh:
+        data = read_frames(fh, header, np.arange(header.n))
     if not np.isfinite(data).all():
         raise InputError(path, "map contains NaN or infinite values", "fix or regenerate the map")
     return np.ascontiguousarray(data), header.voxel_size

@@ -10,12 +10,13 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from vitreous.errors import InputError
-from vitreous.io.mrc import StackHeader, open_stack, read_header
+from vitreous.io.mrc import StackHeader, read_frames, read_header
 
 MAX_OPEN_FILES = 256
 
@@ -24,6 +25,7 @@ class ImageStack:
     """Images drawn lazily from one or more MRC stacks (float16 or float32 on disk, float32 out)."""
 
     def __init__(self, paths: Sequence[str | Path], file_id: np.ndarray, index: np.ndarray) -> None:
+        self._open: OrderedDict[int, BinaryIO] = OrderedDict()
         self.paths = [Path(p) for p in paths]
         self.file_id = np.asarray(file_id, dtype=np.int64)
         self.index = np.asarray(index, dtype=np.int64)
@@ -31,7 +33,6 @@ class ImageStack:
             raise ValueError("file_id and index must have the same length")
         self.headers = [read_header(p) for p in self.paths]
         self._check()
-        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def _check(self) -> None:
         shapes = {(h.ny, h.nx) for h in self.headers}
@@ -42,7 +43,9 @@ class ImageStack:
             if h.ny != h.nx:
                 raise InputError(h.path, f"images are not square ({h.ny} x {h.nx})", "re-extract square boxes")
         if len(self.index) and (self.index.min() < 0):
-            raise InputError(self.paths[0], "image indices must start at 1 in N@file references")
+            i = int(np.argmax(self.index < 0))
+            raise InputError(self.paths[self.file_id[i]], f"particle {i + 1} asks for image {self.index[i] + 1}, but "
+                             "image numbers in N@file references start at 1", "number the images from 1")
         counts = np.array([h.n for h in self.headers])
         too_far = self.index >= counts[self.file_id] if len(self.index) else np.zeros(0, bool)
         if too_far.any():
@@ -82,32 +85,43 @@ class ImageStack:
         """The header of the stack that holds image ``i``."""
         return self.headers[self.file_id[i]]
 
-    def _stack(self, f: int) -> np.ndarray:
+    def _file(self, f: int) -> BinaryIO:
+        """Open file handle of stack ``f`` (a small LRU cache of handles)."""
         if f in self._open:
             self._open.move_to_end(f)
         else:
-            self._open[f] = open_stack(self.paths[f])
+            self._open[f] = open(self.paths[f], "rb")  # noqa: SIM115 - closed on eviction / close()
             if len(self._open) > MAX_OPEN_FILES:
-                self._open.popitem(last=False)
+                self._open.popitem(last=False)[1].close()
         return self._open[f]
 
-    def read(self, indices: Sequence[int] | np.ndarray | slice, check_finite: bool = True) -> np.ndarray:
-        """Images ``indices`` as a float32 array (k, D, D), read from disk now."""
-        idx = np.arange(len(self))[indices] if isinstance(indices, slice) else np.asarray(indices, np.int64)
+    def close(self) -> None:
+        """Close the open stack files (reads reopen them)."""
+        while self._open:
+            self._open.popitem()[1].close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def read(self, indices: int | Sequence[int] | np.ndarray | slice, check_finite: bool = True) -> np.ndarray:
+        """Images ``indices`` as a float32 array (k, D, D) (one index: (D, D)), read from disk now."""
+        idx = np.arange(len(self))[indices]
+        if idx.ndim == 0:
+            return self.read(idx[None], check_finite)[0]
         out = np.empty((len(idx), self.box, self.box), np.float32)
         fids = self.file_id[idx]
         for f in np.unique(fids):
             sel = np.nonzero(fids == f)[0]
             frames = self.index[idx[sel]]
             order = np.argsort(frames, kind="stable")  # sequential reads within a file
-            out[sel[order]] = self._stack(int(f))[frames[order]]
+            out[sel[order]] = read_frames(self._file(int(f)), self.headers[f], frames[order])
         if check_finite and not np.isfinite(out).all():
             bad = int(idx[np.nonzero(~np.isfinite(out).reshape(len(idx), -1).all(axis=1))[0][0]])
             raise InputError(self.paths[self.file_id[bad]], f"image {self.index[bad] + 1} (particle {bad + 1}) "
                              "contains NaN or infinite pixels", "remove that particle or re-extract it")
         return out
 
-    def __getitem__(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
+    def __getitem__(self, indices: int | Sequence[int] | np.ndarray | slice) -> np.ndarray:
         return self.read(indices)
 
     def subset(self, indices: np.ndarray) -> ImageStack:
@@ -143,5 +157,6 @@ def resolve_stack_path(name: str, search_dirs: Sequence[Path], metadata_path: st
         for option in (base / candidate, base / candidate.name):
             if option.is_file():
                 return option
-    raise InputError(metadata_path, f"particle stack '{name}' not found (looked in "
-                     f"{', '.join(str(d) for d in search_dirs)})", "pass --datadir DIR with the folder that holds the stacks")
+    looked = ", ".join(dict.fromkeys(str(d) for d in search_dirs))
+    raise InputError(metadata_path, f"particle stack '{name}' not found (looked in {looked})",
+                     "pass --datadir DIR with the folder that holds the stacks")

@@ -8,6 +8,7 @@ shifts ``rlnOriginX/Y`` converted to ``rlnOriginXAngst/YAngst``.  Write: 3.1-sty
 
 from __future__ import annotations
 
+import linecache
 import logging
 import warnings
 from pathlib import Path
@@ -25,7 +26,12 @@ from vitreous.io.stack import ImageStack
 log = logging.getLogger(__name__)
 
 NUMERIC_LABELS = EULER + SHIFTS + DEFOCUS + ["rlnOriginX", "rlnOriginY", "rlnPhaseShift", "rlnCtfBfactor",
-                                              "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
+                                              "rlnCtfScalefactor", "rlnVoltage", "rlnSphericalAberration",
+                                              "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnPixelSize",
+                                              "rlnDetectorPixelSize", "rlnMagnification"]
+INTEGER_LABELS = ["rlnOpticsGroup", "rlnClassNumber", "rlnRandomSubset", "rlnImageSize"]
+POSITIVE_LABELS = ["rlnImagePixelSize", "rlnPixelSize", "rlnDetectorPixelSize", "rlnMagnification", "rlnImageSize",
+                   "rlnVoltage"]
 PIXEL_SIZE_MISMATCH = 0.01  # relative
 
 
@@ -34,13 +40,20 @@ def read_star_blocks(path: str | Path) -> dict[str, pd.DataFrame]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found", "check the path")
+    # starfile reads lines through the global linecache and clears it only after a successful parse: a stale
+    # entry left by a failed read would make later reads of a rewritten file see the old lines.
+    linecache.cache.pop(str(path), None)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
     except Exception as exc:
-        raise InputError(path, f"not a readable STAR file ({type(exc).__name__}: {exc})".replace("\n", " "),
-                         "check that it is a RELION STAR file") from None
+        detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        if "Length mismatch" in detail:
+            detail = f"a loop has a different number of column labels and values per row; {detail}"
+        raise InputError(path, f"not a readable STAR file ({detail})", "check that it is a RELION STAR file") from None
+    finally:
+        linecache.cache.pop(str(path), None)
     tables = {name: df for name, df in blocks.items() if isinstance(df, pd.DataFrame)}
     if not tables:
         raise InputError(path, "no data loop in this STAR file", "give a particle STAR file")
@@ -77,34 +90,62 @@ def _optics_from_particles(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
     return split_optics(table.drop(columns=legacy))
 
 
-def _check_numeric(table: pd.DataFrame, path: Path) -> None:
-    for label in NUMERIC_LABELS:
+def _check_numeric(table: pd.DataFrame, path: Path, row_name: str) -> None:
+    """Convert the known numeric columns to numbers, refusing non-finite, non-integer or non-positive values."""
+    for label in NUMERIC_LABELS + INTEGER_LABELS:
         if label not in table:
             continue
-        values = pd.to_numeric(table[label], errors="coerce").to_numpy(np.float64)
+        column = table[label]
+        if isinstance(column, pd.DataFrame):
+            raise InputError(path, f"column {label} appears twice", "remove the duplicate column")
+        values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
         bad = ~np.isfinite(values)
+        problem = "not a finite number"
+        if label in INTEGER_LABELS and not bad.any():
+            bad, problem = values != np.round(values), "not a whole number"
+        if label in POSITIVE_LABELS and not bad.any():
+            bad, problem = values <= 0, "not positive"
         if bad.any():
             row = int(np.argmax(bad))
-            raise InputError(path, f"{label} of particle {row + 1} is '{table[label].iloc[row]}', not a finite "
-                             "number", "fix or remove that particle")
-        table[label] = values
+            raise InputError(path, f"{label} of {row_name} {row + 1} is '{column.iloc[row]}', {problem}",
+                             "fix or remove that row")
+        table[label] = values.astype(np.int64) if label in INTEGER_LABELS else values
+
+
+def _check_optics_groups(table: pd.DataFrame, optics: pd.DataFrame, path: Path) -> None:
+    duplicated = optics["rlnOpticsGroup"][optics["rlnOpticsGroup"].duplicated()]
+    if len(duplicated):
+        raise InputError(path, f"optics group {duplicated.iloc[0]} is defined twice in data_optics",
+                         "give each optics group its own rlnOpticsGroup")
+    unknown = ~table["rlnOpticsGroup"].isin(optics["rlnOpticsGroup"])
+    if unknown.any():
+        groups = sorted(set(table["rlnOpticsGroup"][unknown].tolist()))
+        raise InputError(path, f"particles refer to optics groups {groups} that data_optics does not define "
+                         f"(it has {optics['rlnOpticsGroup'].tolist()})", "fix rlnOpticsGroup or data_optics")
 
 
 def read_star(path: str | Path, datadir: str | Path | None = None, *, apix: float | None = None,
               load_images: bool = True) -> ParticleSet:
     """Read a RELION particle STAR file.
 
-    ``datadir`` is searched first for stacks named in ``rlnImageName`` (then the STAR file's folder and its
-    parents).  ``apix`` overrides the pixel size (Å).  With ``load_images=False`` (or when no stack can be
-    found and none is required) the set carries metadata only.
+    ``datadir`` is searched first for stacks named in ``rlnImageName`` (then the STAR file's folder, its
+    parents and the working directory).  ``apix`` overrides the pixel size (Å).  With ``load_images=True``
+    every image must be found; with ``load_images=False`` the set carries metadata only.
     """
     path = Path(path)
+    if apix is not None and not (np.isfinite(apix) and apix > 0):
+        raise InputError(path, f"pixel size {apix} is not a positive number", "pass --apix in Å per pixel")
     blocks = read_star_blocks(path)
     table = _particle_block(blocks, path)
+    if load_images and "rlnImageName" not in table:
+        raise InputError(path, "the particle table has no rlnImageName column, so the images are unknown",
+                         "add rlnImageName (N@stack.mrcs) to the particle table")
+    _check_numeric(table, path, "particle")
     if "optics" in blocks:
         optics = blocks["optics"].copy()
         if "rlnOpticsGroup" not in optics:
             raise InputError(path, "data_optics has no rlnOpticsGroup column", "repair the optics table")
+        _check_numeric(optics, path, "optics group row")
         if "rlnOpticsGroup" not in table:
             if len(optics) > 1:
                 raise InputError(path, "particles lack rlnOpticsGroup but several optics groups exist",
@@ -112,10 +153,9 @@ def read_star(path: str | Path, datadir: str | Path | None = None, *, apix: floa
             table["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
         if "rlnImagePixelSize" not in optics:
             optics["rlnImagePixelSize"] = optics.get("rlnPixelSize", np.nan)
+        _check_optics_groups(table, optics, path)
     else:
         table, optics = _optics_from_particles(table)
-    _check_numeric(table, path)
-    _check_numeric(optics, path)
 
     if apix is not None:
         optics["rlnImagePixelSize"] = float(apix)
@@ -124,9 +164,9 @@ def read_star(path: str | Path, datadir: str | Path | None = None, *, apix: floa
         optics["rlnAmplitudeContrast"] = DEFAULT_AMPLITUDE_CONTRAST
 
     images = None
-    if load_images and "rlnImageName" in table:
+    if load_images:
         images = images_from_names(table["rlnImageName"], path, datadir)
-    _settle_pixel_size(optics, images, path, explicit=apix is not None)
+    _settle_pixel_size(table, optics, images, path, explicit=apix is not None)
     _legacy_origins_to_angstrom(table, optics)
     if images is not None:
         _check_box(optics, images.box, path)
@@ -148,35 +188,45 @@ def images_from_names(names: pd.Series, path: Path, datadir: str | Path | None) 
         raise InputError(path, f"rlnImageName '{names.iloc[row]}' is not of the form N@file", "fix the name")
     dirs = [Path(datadir)] if datadir is not None else []
     dirs += [path.parent, *list(path.resolve().parents)[:3], Path.cwd()]
+    dirs = list(dict.fromkeys(d.resolve() for d in dirs))  # each folder once, in order
     return ImageStack.from_references(files.tolist(), numbers.to_numpy(np.int64) - 1, dirs, path)
 
 
-def _settle_pixel_size(optics: pd.DataFrame, images: ImageStack | None, path: Path, explicit: bool) -> None:
-    """Fill unknown pixel sizes from the stack header; refuse a STAR/header disagreement."""
-    header = [v for v in (images.header_voxel_sizes if images is not None else []) if v > 0]
+def _settle_pixel_size(table: pd.DataFrame, optics: pd.DataFrame, images: ImageStack | None, path: Path,
+                       explicit: bool) -> None:
+    """Fill unknown pixel sizes from the stack headers; refuse a STAR/header disagreement."""
     star = optics["rlnImagePixelSize"].to_numpy(np.float64)
     if np.isnan(star).any():
+        header = [v for v in (images.header_voxel_sizes if images is not None else []) if v > 0]
         if not header:
             raise InputError(path, "no pixel size in the STAR file or the stack headers", "pass --apix (Å/px)")
         optics["rlnImagePixelSize"] = optics["rlnImagePixelSize"].fillna(header[0])
         return
-    if explicit or len(optics) != 1:
+    if explicit or images is None:
         return
-    # 1.0 is the header default of many writers; any other value that disagrees means mixed-up data.
-    disagree = [v for v in header if v != 1.0 and abs(v - star[0]) > PIXEL_SIZE_MISMATCH * star[0]]
-    if disagree:
-        raise InputError(path, f"pixel size {star[0]:g} Å in the STAR file disagrees with {disagree[0]:g} Å in "
-                         "the stack header", "pass --apix with the right value")
+    # Pixel size of each particle per the STAR file, against the header of the stack that holds it.
+    per_group = dict(zip(optics["rlnOpticsGroup"].tolist(), star.tolist(), strict=True))
+    particle_apix = table["rlnOpticsGroup"].map(per_group).to_numpy(np.float64)
+    header = np.array(images.header_voxel_sizes)[images.file_id]
+    # 0 means unset and 1.0 is the default of many writers; any other disagreeing value means mixed-up data.
+    disagree = (header > 0) & (header != 1.0) & (np.abs(header - particle_apix) > PIXEL_SIZE_MISMATCH * particle_apix)
+    if disagree.any():
+        i = int(np.argmax(disagree))
+        raise InputError(path, f"pixel size {particle_apix[i]:g} Å in the STAR file disagrees with {header[i]:g} Å "
+                         f"in the header of {images.header_of(i).path.name}", "pass --apix with the right value")
 
 
 def _legacy_origins_to_angstrom(table: pd.DataFrame, optics: pd.DataFrame) -> None:
-    if "rlnOriginX" not in table:
+    """Replace RELION 3.0 pixel shifts ``rlnOriginX/Y`` by ``rlnOriginX/YAngst`` (unless those exist)."""
+    if "rlnOriginX" not in table and "rlnOriginY" not in table:
         return
     apix = optics.set_index("rlnOpticsGroup")["rlnImagePixelSize"].loc[table["rlnOpticsGroup"]].to_numpy()
-    if "rlnOriginXAngst" not in table:
-        table["rlnOriginXAngst"] = table["rlnOriginX"].to_numpy(np.float64) * apix
-        table["rlnOriginYAngst"] = table["rlnOriginY"].to_numpy(np.float64) * apix
-    table.drop(columns=["rlnOriginX", "rlnOriginY"], inplace=True)
+    for axis in "XY":
+        legacy = f"rlnOrigin{axis}"
+        if legacy in table:
+            if f"{legacy}Angst" not in table:
+                table[f"{legacy}Angst"] = table[legacy].to_numpy(np.float64) * apix
+            del table[legacy]
 
 
 def _check_box(optics: pd.DataFrame, box: int, path: Path) -> None:
@@ -204,6 +254,8 @@ def write_star(path: str | Path, particles: ParticleSet) -> None:
         optics["rlnImageSize"] = particles.box
         optics["rlnImageDimensionality"] = 2
     with atomic_path(path) as tmp:
-        starfile.write({"optics": optics, "particles": table}, tmp, overwrite=True)
+        # 12 significant digits with the decimal point kept (float columns stay float): RELION's six decimals
+        # survive, and small values (latents, tiny shifts) are not rounded to zero as with a fixed "%.6f"
+        starfile.write({"optics": optics, "particles": table}, tmp, overwrite=True, float_format="%#.12g")
         text = tmp.read_text()
         tmp.write_text("\n# version 30001\n" + text.replace("data_particles", "# version 30001\n\ndata_particles", 1))

@@ -85,32 +85,44 @@ def rotvec_to_matrix(rotvec: Array) -> Array:
     """Rodrigues / axis-angle vectors (..., 3) (angle in radians = norm) -> active rotation matrices."""
     v = _as_float(rotvec)
     xp = _xp(v)
-    theta = xp.sqrt((v**2).sum(axis=-1))
-    small = theta < 1e-8
-    safe = xp.where(small, xp.ones_like(theta), theta)
+    theta2 = (v**2).sum(axis=-1)
+    small = theta2 < 1e-12
+    # sqrt only away from 0, so that torch gradients stay finite at the zero vector
+    safe = xp.sqrt(xp.where(small, xp.ones_like(theta2), theta2))
     # sin(t)/t and (1-cos(t))/t^2 with their Taylor limits near 0
-    s = xp.where(small, 1.0 - theta**2 / 6.0, xp.sin(safe) / safe)
-    c = xp.where(small, 0.5 - theta**2 / 24.0, (1.0 - xp.cos(safe)) / safe**2)
+    s = xp.where(small, 1.0 - theta2 / 6.0, xp.sin(safe) / safe)
+    c = xp.where(small, 0.5 - theta2 / 24.0, (1.0 - xp.cos(safe)) / safe**2)
     k = _skew(v)
     eye = xp.eye(3, dtype=v.dtype) if xp is np else xp.eye(3, dtype=v.dtype, device=v.device)
     return eye + s[..., None, None] * k + c[..., None, None] * (k @ k)
 
 
 def matrix_to_quaternion(matrix: Array) -> Array:
-    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) = (w, x, y, z), w >= 0."""
+    """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) = (w, x, y, z), w >= 0.
+
+    Shepperd's method: each quaternion is computed from the largest of its four squared components, which
+    keeps the signs right for every rotation, 180 degrees included.
+    """
     m = _as_float(matrix)
     xp = _xp(m)
     m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-
-    def half_sqrt(t: Array) -> Array:
-        return 0.5 * xp.sqrt(xp.clip(t, 0.0, None))
-
-    w = half_sqrt(1 + m00 + m11 + m22)
-    x = half_sqrt(1 + m00 - m11 - m22) * _sign(m[..., 2, 1] - m[..., 1, 2])
-    y = half_sqrt(1 - m00 + m11 - m22) * _sign(m[..., 0, 2] - m[..., 2, 0])
-    z = half_sqrt(1 - m00 - m11 + m22) * _sign(m[..., 1, 0] - m[..., 0, 1])
-    q = xp.stack([w, x, y, z], axis=-1)
-    return q / xp.sqrt((q**2).sum(axis=-1, keepdims=True))
+    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
+    s01, s02, s12 = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
+    t = xp.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], axis=-1)
+    # candidate k has 4 q_k^2 = t_k on its own component; the largest t_k >= 1, so its division is safe
+    candidates = xp.stack([
+        xp.stack([t[..., 0], d21, d02, d10], axis=-1),
+        xp.stack([d21, t[..., 1], s01, s02], axis=-1),
+        xp.stack([d02, s01, t[..., 2], s12], axis=-1),
+        xp.stack([d10, s02, s12, t[..., 3]], axis=-1),
+    ], axis=-2)
+    best = xp.argmax(t, axis=-1)
+    if xp is np:
+        q = np.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]
+    else:
+        q = xp.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4))[..., 0, :]
+    q = q / xp.sqrt((q**2).sum(axis=-1, keepdims=True))
+    return q * _sign(q[..., :1])
 
 
 def _sign(x: Array) -> Array:
