@@ -11,7 +11,8 @@ import typer
 import vitreous
 from vitreous.errors import InputError
 
-COMMANDS = ("info", "convert")  # modules of vitreous.cli, each with register(app); order of --help
+# modules of vitreous.cli, each with register(app); order of --help
+COMMANDS = ("info", "convert", "simulate", "backproject", "fsc", "demo")
 
 app = typer.Typer(
     name="vitreous",

@@ -20,7 +20,8 @@ class JobLog:
         self.file = logging.FileHandler(path, mode="a", encoding="utf-8")
         self.file.setFormatter(logging.Formatter(FILE_FORMAT))
         self.handlers: list[logging.Handler] = [self.file]
-        if console:
+        nested = any(isinstance(h, RichHandler) for h in self.logger.handlers)  # a job run inside another
+        if console and not nested:
             self.handlers.append(RichHandler(console=Console(stderr=True), show_path=False, markup=False))
         self._level = self.logger.level
         if self.logger.getEffectiveLevel() > logging.INFO:

@@ -1,0 +1,1 @@
+"""Reconstruction of 3D maps from particle images with known poses."""

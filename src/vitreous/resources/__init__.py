@@ -1,0 +1,1 @@
+"""Data files shipped with vitreous (see README.md here)."""
