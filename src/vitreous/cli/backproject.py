@@ -37,9 +37,13 @@ def run_backproject(particles_path: Path, out: Path, *, datadir: Path | None = N
     from vitreous.io.formats import read_particles
     from vitreous.io.mrc import read_map, write_map
     from vitreous.jobs import Job
-    from vitreous.reconstruct.backproject import backproject
+    from vitreous.reconstruct.backproject import backproject, check_particles
 
+    if batch_size < 1 or oversampling < 1:
+        raise InputError(None, f"need --batch-size >= 1 and --oversampling >= 1 (got {batch_size}, {oversampling})",
+                         "fix the options")
     particles = read_particles(particles_path, datadir=datadir, apix=apix)
+    check_particles(particles, use_ctf)  # before the job folder is touched
     voxel = particles.single_pixel_size()
     if compare is not None:
         check_comparable(compare, particles.box, voxel)
@@ -69,7 +73,8 @@ def run_backproject(particles_path: Path, out: Path, *, datadir: Path | None = N
             pd.DataFrame(table).to_csv(tmp, index=False)
         job.write_report(_report(particles, maps, table, summary))
         for key, value in summary.items():
-            console.err.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+            console.err.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}",
+                              markup=False, soft_wrap=True)
     return job.path("map.mrc")
 
 
@@ -83,6 +88,30 @@ def _report(particles, maps, table: dict, summary: dict):
     report.section("Map").figure(map_views(maps.full, maps.voxel_size), "Central slices and projections")
     report.section("Orientations").figure(orientation_plot(particles.euler))
     return report
+
+
+def _freeze_after_imports() -> None:
+    """Import what the command needs, then exempt the objects that exist from the cyclic garbage collector.
+
+    torch, pandas and matplotlib leave ~250 000 long-lived objects that each full collection, and the one at
+    interpreter exit, traverses again: about 0.9 s of a 5 s run (3000 particles, box 64, 2 cores).  Frozen
+    objects are still freed by reference counting; results are unchanged.  A second freeze at exit (``atexit``)
+    spares the final collection the objects made since.  Only the command (not ``run_backproject``) does this.
+    """
+    import atexit
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()  # no collections while importing (they would only traverse the new modules' objects)
+    try:
+        import vitreous.reconstruct.backproject  # noqa: F401  (torch)
+        import vitreous.report.figures  # noqa: F401  (matplotlib)
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+    atexit.unregister(gc.freeze)  # registered once per process
+    atexit.register(gc.freeze)
 
 
 def register(app: typer.Typer) -> None:
@@ -106,6 +135,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random half split.")] = 0,
         overwrite: Overwrite = False,
     ) -> None:
+        _freeze_after_imports()
         run_backproject(particles, out, datadir=datadir, apix=apix, use_ctf=not no_ctf, compare=compare,
                         batch_size=batch_size, oversampling=oversampling, device=device, seed=seed,
                         overwrite=overwrite)

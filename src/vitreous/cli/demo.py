@@ -35,7 +35,7 @@ def run_demo(out: Path, *, n: int = 3000, box: int = 64, apix: float = 1.5, snr:
                                        "2. backproject: map, half maps, FSC against the truth":
                                            "backproject/report.html"})
         path = job.write_report(report)
-    console.out.print(f"demo report: {path}")
+    console.out.print(f"demo report: {path}", markup=False, soft_wrap=True)  # one line, whatever its length
     return path
 
 

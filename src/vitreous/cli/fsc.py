@@ -18,8 +18,11 @@ def compare_maps(a: Path, b: Path, mask_radius: float | None = None) -> dict:
 
     map_a, voxel_a = read_map(a)
     map_b, voxel_b = read_map(b)
-    if map_a.shape != map_b.shape or len(set(map_a.shape)) != 1:
-        raise InputError(b, f"shape {map_b.shape} does not match {map_a.shape} of {a} (cubic maps needed)",
+    for path, data in ((a, map_a), (b, map_b)):
+        if len(set(data.shape)) != 1:
+            raise InputError(path, f"map of shape {data.shape} is not cubic", "pad or crop it to a cubic box")
+    if map_a.shape != map_b.shape:
+        raise InputError(b, f"shape {map_b.shape} does not match {map_a.shape} of {a}",
                          "resample one map to the other's box")
     if voxel_a and voxel_b and abs(voxel_a - voxel_b) > 0.01 * max(voxel_a, voxel_b):
         raise InputError(b, f"voxel size {voxel_b:g} Å differs from {voxel_a:g} Å of {a}", "resample one map")
@@ -43,4 +46,4 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         result = compare_maps(map_a, map_b, mask_radius)
         console.out.print(f"FSC=0.5: {result['fsc_0.5_A']:.2f} Å   FSC=0.143: {result['fsc_0.143_A']:.2f} Å   "
-                          f"(voxel {result['voxel_size_A']:g} Å)")
+                          f"(voxel {result['voxel_size_A']:g} Å)", soft_wrap=True)

@@ -50,13 +50,20 @@ def run_simulate(out: Path, *, models: list[Path], trajectory: Path | None, n: i
         raise InputError(None, "give either --model (one or more) or --trajectory", "choose one source of truth")
     for path in models:
         _check_model(path)
-    if n < 1 or snr <= 0 or apix <= 0 or not 0 < defocus_um[0] <= defocus_um[1]:
+    if n < 1 or not snr > 0 or not apix > 0 or not 0 < defocus_um[0] <= defocus_um[1]:
         raise InputError(None, f"need n >= 1, snr > 0, apix > 0 and 0 < defocus-min <= defocus-max "
                          f"(got n={n}, snr={snr}, apix={apix}, defocus={defocus_um})", "fix the options")
+    if not (shift_sd >= 0 and astigmatism >= 0 and voltage > 0 and 0 <= amplitude_contrast < 1):
+        raise InputError(None, f"need --shift-sd >= 0, --astigmatism >= 0, --voltage > 0 and 0 <= "
+                         f"--amplitude-contrast < 1 (got {shift_sd}, {astigmatism}, {voltage}, {amplitude_contrast})",
+                         "fix the options")
+    if trajectory is not None and proportions is not None:
+        raise InputError(trajectory, "--proportions applies to --model mixtures; trajectory frames are drawn "
+                         "uniformly", "leave out --proportions")
     if trajectory is not None and not trajectory.is_file():
         raise InputError(trajectory, "file not found", "check the path")
     truth = trajectory_truth(trajectory, box, apix) if trajectory else models_truth(models, box, apix)
-    states = draw_states(n, len(truth.names), None if trajectory else proportions, seed)
+    states = draw_states(n, len(truth.names), proportions, seed)
     acquisition = Acquisition(apix=apix, snr=snr, defocus_um=defocus_um, astigmatism_A=astigmatism,
                               voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast, bfactor=bfactor,
                               shift_sd_px=shift_sd, seed=seed)
@@ -75,7 +82,8 @@ def run_simulate(out: Path, *, models: list[Path], trajectory: Path | None, n: i
         write_star(star, particles)
         _write_truth(job, truth.names, states, particles)
         job.write_report(_report(particles, truth, states, apix))
-        console.err.print(f"wrote {n} particles of {len(truth.names)} state(s) to {star}")
+        console.err.print(f"wrote {n} particles of {len(truth.names)} state(s) to {star}", markup=False,
+                          soft_wrap=True)
     return star
 
 

@@ -11,8 +11,9 @@ estimated from the data instead of a plain ``N / W``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +28,17 @@ from vitreous.physics.projection import Backprojector, padded_to_volume
 log = logging.getLogger(__name__)
 
 MIN_SNR = 1e-3  # keeps the Wiener filter finite where the FSC reaches zero
+EMPTY_HALF_FIX = "give at least one particle to each half (rlnRandomSubset 1 and 2)"
+
+
+class _ShellGrid(NamedTuple):
+    """Shells of the padded Fourier grid used by the Wiener filter (see :meth:`HalfSetBackprojector._volume`)."""
+
+    shells: torch.Tensor  # (P, P, P) int32 shell index, clamped to Nyquist (box // 2)
+    outside: torch.Tensor  # (P, P, P) bool, beyond Nyquist (set to zero)
+    inside: torch.Tensor  # its complement
+    index: torch.Tensor  # shells of the voxels inside, in boolean-mask order
+    count: torch.Tensor  # (box // 2 + 1,) voxels per shell
 
 
 @dataclass
@@ -62,35 +74,51 @@ class HalfSetBackprojector:
         """Regularised half maps, their FSC, and the full map."""
         counts = [h.count for h in self.halves]
         if min(counts) == 0:
-            raise InputError(None, f"a half set is empty (particles per half: {counts})",
-                             "give at least one particle to each half (rlnRandomSubset 1 and 2)")
+            raise InputError(None, f"a half set is empty (particles per half: {counts})", EMPTY_HALF_FIX)
         (num1, den1), (num2, den2) = (h.result(inplace=True) for h in self.halves)
-        plain = [self._volume(num1, den1, None), self._volume(num2, den2, None)]
+        grid = self._shell_grid(num1.shape[-1])  # shared by the five volumes below
+        plain = [self._volume(num1, den1, None, grid), self._volume(num2, den2, None, grid)]
         frequency, fsc = fsc_curve(plain[0], plain[1], voxel_size)
         fsc_t = torch.as_tensor(np.clip(fsc, 0.0, 0.999), dtype=torch.float32, device=self.device)
         half_snr = torch.clamp(fsc_t / (1 - fsc_t), min=MIN_SNR)
         full_fsc = 2 * fsc_t / (1 + fsc_t)
         full_snr = torch.clamp(full_fsc / (1 - full_fsc), min=MIN_SNR)
-        half1, half2 = self._volume(num1, den1, half_snr), self._volume(num2, den2, half_snr)
-        full = self._volume(num1 + num2, den1 + den2, full_snr)
+        half1, half2 = self._volume(num1, den1, half_snr, grid), self._volume(num2, den2, half_snr, grid)
+        full = self._volume(num1 + num2, den1 + den2, full_snr, grid)
         return HalfMaps(full, half1, half2, voxel_size, frequency, fsc)
 
-    def _volume(self, numerator: torch.Tensor, weights: torch.Tensor, snr: torch.Tensor | None) -> np.ndarray:
+    def _shell_grid(self, size: int) -> _ShellGrid:
+        """Fourier shell of each voxel of the padded (size^3) grid, computed once per reconstruction."""
+        n_shells = self.box // 2 + 1
+        shells = torch.round(radius_grid(size, 3, self.device) / self.oversampling).long()
+        outside = shells > self.box // 2
+        # int32 indices: half the memory of int64 for the (P, P, P) grid, the same values
+        clamped = shells.clamp_(max=n_shells - 1).to(torch.int32)
+        del shells
+        inside = ~outside
+        index = clamped[inside]
+        count = torch.zeros(n_shells, device=self.device).index_add_(
+            0, index, torch.ones(index.shape[0], device=self.device))
+        return _ShellGrid(clamped, outside, inside, index, count)
+
+    def _volume(self, numerator: torch.Tensor, weights: torch.Tensor, snr: torch.Tensor | None,
+                grid: _ShellGrid | None = None) -> np.ndarray:
         """``N / (W + <W>_shell / SNR_shell)`` within Nyquist, back to a real (D, D, D) gridding-corrected map.
 
-        Without an SNR (first pass) a tiny constant regulariser only avoids division by zero.
+        Without an SNR (first pass) a tiny constant regulariser only avoids division by zero.  ``grid``
+        (:meth:`_shell_grid`) saves recomputing the shells when several volumes are made.
         """
-        size = numerator.shape[-1]
-        shells = torch.round(radius_grid(size, 3, self.device) / self.oversampling).long()
-        inside = shells <= self.box // 2
+        if grid is None:
+            grid = self._shell_grid(numerator.shape[-1])
+        inside_weights = weights[grid.inside]
         if snr is None:
-            regulariser = 1e-3 * weights[inside].mean()
+            regulariser = 1e-3 * inside_weights.mean()
         else:
-            index = shells.clamp(max=len(snr) - 1)[inside]
-            total = torch.zeros(len(snr), device=self.device).index_add_(0, index, weights[inside])
-            count = torch.zeros(len(snr), device=self.device).index_add_(0, index, torch.ones_like(weights[inside]))
-            regulariser = (total / count.clamp(min=1) / snr)[shells.clamp(max=len(snr) - 1)]
-        spectrum = torch.where(inside, numerator / (weights + regulariser), torch.zeros_like(numerator))
+            total = torch.zeros(len(snr), device=self.device).index_add_(0, grid.index, inside_weights)
+            regulariser = (total / grid.count.clamp(min=1) / snr)[grid.shells]
+        del inside_weights
+        spectrum = (numerator / (weights + regulariser)).masked_fill_(grid.outside, 0)
+        del regulariser
         return padded_to_volume(spectrum, self.box, self.oversampling).float().cpu().numpy()
 
 
@@ -114,9 +142,8 @@ def batches(n: int, size: int) -> Iterator[np.ndarray]:
         yield np.arange(start, min(start + size, n))
 
 
-def backproject(particles: ParticleSet, *, use_ctf: bool = True, batch_size: int = 1024, oversampling: int = 2,
-                device: str = "cpu", seed: int = 0, progress=None) -> HalfMaps:
-    """Reconstruct gold-standard half maps and the full map from particles with poses (streamed in batches)."""
+def check_particles(particles: ParticleSet, use_ctf: bool = True) -> None:
+    """InputError unless the particles can be backprojected: images, poses, CTF (when used), valid half sets."""
     if particles.images is None:
         raise InputError(particles.source or None, "no particle images", "pass --datadir with the stacks")
     if not particles.has_poses:
@@ -125,6 +152,17 @@ def backproject(particles: ParticleSet, *, use_ctf: bool = True, batch_size: int
     if use_ctf and not particles.has_ctf:
         raise InputError(particles.source or None, "particles have no CTF parameters",
                          "add rlnDefocusU/V and optics, or pass --no-ctf")
+    counts = np.bincount(assign_halves(particles), minlength=2).tolist()
+    if min(counts) == 0:
+        raise InputError(particles.source or None, f"a half set is empty (particles per half: {counts})",
+                         EMPTY_HALF_FIX)
+
+
+def backproject(particles: ParticleSet, *, use_ctf: bool = True, batch_size: int = 1024, oversampling: int = 2,
+                device: str = "cpu", seed: int = 0,
+                progress: Callable[[int], None] | None = None) -> HalfMaps:
+    """Reconstruct gold-standard half maps and the full map from particles with poses (streamed in batches)."""
+    check_particles(particles, use_ctf)
     apix, box = particles.single_pixel_size(), particles.box
     halves = torch.as_tensor(assign_halves(particles, seed))
     rotations = torch.as_tensor(particles.rotations, dtype=torch.float32)

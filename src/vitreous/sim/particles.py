@@ -27,6 +27,7 @@ from vitreous.physics.rotations import matrix_to_euler
 from vitreous.physics.so3_grid import random_rotations
 
 NOISE_SAMPLE = 1000  # clean images used to set the noise level
+CACHE_BYTES = 1 << 29  # Fourier volumes of all states kept between the noise-level and imaging passes
 
 
 @dataclass
@@ -71,14 +72,33 @@ def _optics(box: int, acq: Acquisition) -> pd.DataFrame:
     })
 
 
+@dataclass
+class _Geometry:
+    """Per-particle rotations, origins (px) and CTF parameters as tensors, for cheap batch indexing."""
+
+    rotations: torch.Tensor
+    shifts_px: torch.Tensor
+    ctf: CTFParams
+    box: int
+    apix: float
+
+    @classmethod
+    def of(cls, particles: ParticleSet) -> _Geometry:
+        """From the particles' tables (one pixel size)."""
+        return cls(torch.as_tensor(particles.rotations, dtype=torch.float32),
+                   torch.as_tensor(particles.shifts_px, dtype=torch.float32),
+                   CTFParams.from_table(particles.ctf_table()), particles.box, particles.single_pixel_size())
+
+    def clean(self, projector: Projector, idx: np.ndarray) -> torch.Tensor:
+        """Noise-free images of particles ``idx``: IFT[CTF * T_{-origin} slice_A(V)], (len(idx), D, D)."""
+        index = torch.as_tensor(idx, dtype=torch.int64)
+        spectra = translate_ft(projector.slices(self.rotations[index]), -self.shifts_px[index])  # centre D//2 - origin
+        return ifft2c(spectra * compute_ctf(self.ctf[index], self.box, self.apix)).real
+
+
 def clean_images(projector: Projector, particles: ParticleSet, idx: np.ndarray) -> torch.Tensor:
     """Noise-free CTF-modulated, shifted projections (len(idx), D, D) of one map for particles ``idx``."""
-    sub = particles.subset(idx)
-    rotations = torch.as_tensor(sub.rotations, dtype=torch.float32)
-    shifts = torch.as_tensor(sub.shifts_px, dtype=torch.float32)
-    spectra = translate_ft(projector.slices(rotations), -shifts)  # RELION: particle centre at D//2 - origin
-    ctf = compute_ctf(CTFParams.from_table(sub.ctf_table()), particles.box, particles.single_pixel_size())
-    return ifft2c(spectra * ctf).real
+    return _Geometry.of(particles.subset(idx)).clean(projector, np.arange(len(idx)))
 
 
 def simulate_stack(volumes: torch.Tensor, states: np.ndarray, out_stack: Path, acq: Acquisition,
@@ -92,17 +112,19 @@ def simulate_stack(volumes: torch.Tensor, states: np.ndarray, out_stack: Path, a
     table = draw_metadata(n, box, acq, rotations)
     table.insert(0, "rlnImageName", [f"{i + 1:06d}@{out_stack.name}" for i in range(n)])
     particles = ParticleSet(table, _optics(box, acq))
+    geometry = _Geometry.of(particles)
+    projectors = _Projectors(volumes)
     rng = np.random.default_rng(acq.seed + 1)
     sample = np.sort(rng.choice(n, min(n, NOISE_SAMPLE), replace=False))
-    sigma = _noise_sigma(volumes, states, particles, sample, acq.snr)
+    sigma = _noise_sigma(projectors, geometry, states, sample, acq.snr)
     generator = torch.Generator().manual_seed(acq.seed + 2)
     with StackWriter(out_stack, n, box, acq.apix) as writer:
         for s in np.unique(states):
-            projector = Projector(volumes[s])
+            projector = projectors[s]
             members = np.nonzero(states == s)[0]
             for start in range(0, len(members), batch_size):
                 idx = members[start:start + batch_size]
-                clean = clean_images(projector, particles, idx)
+                clean = geometry.clean(projector, idx)
                 noise = torch.randn(clean.shape, generator=generator) * sigma
                 _write_scattered(writer, idx, (clean + noise).numpy())
                 if progress is not None:
@@ -111,11 +133,26 @@ def simulate_stack(volumes: torch.Tensor, states: np.ndarray, out_stack: Path, a
     return particles
 
 
-def _noise_sigma(volumes: torch.Tensor, states: np.ndarray, particles: ParticleSet, sample: np.ndarray,
+class _Projectors:
+    """Projector of each state, built on first use and kept while their Fourier volumes fit ``CACHE_BYTES``."""
+
+    def __init__(self, volumes: torch.Tensor) -> None:
+        self.volumes = volumes
+        padded_bytes = 8 * (2 * volumes.shape[-1]) ** 3  # complex64 (2D)^3 per state
+        self.cache: dict[int, Projector] | None = {} if padded_bytes * len(volumes) <= CACHE_BYTES else None
+
+    def __getitem__(self, state: int) -> Projector:
+        if self.cache is None:
+            return Projector(self.volumes[state])
+        if state not in self.cache:
+            self.cache[state] = Projector(self.volumes[state])
+        return self.cache[state]
+
+
+def _noise_sigma(projectors: _Projectors, geometry: _Geometry, states: np.ndarray, sample: np.ndarray,
                  snr: float) -> float:
     """Noise standard deviation for the requested SNR, from the clean images of ``sample``."""
-    images = [clean_images(Projector(volumes[s]), particles, sample[states[sample] == s])
-              for s in np.unique(states[sample])]
+    images = [geometry.clean(projectors[s], sample[states[sample] == s]) for s in np.unique(states[sample])]
     return float(torch.cat(images).std()) / np.sqrt(snr)
 
 

@@ -65,7 +65,7 @@ def draw_states(n: int, n_states: int, proportions: list[float] | None, seed: in
         p = np.full(n_states, 1.0 / n_states)
     else:
         p = np.asarray(proportions, dtype=np.float64)
-        if len(p) != n_states or (p < 0).any() or p.sum() <= 0:
+        if len(p) != n_states or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
             raise InputError(None, f"--proportions needs {n_states} non-negative numbers, got {proportions}",
                              "give one proportion per model, e.g. 0.5,0.5")
         p = p / p.sum()
