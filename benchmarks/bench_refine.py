@@ -20,7 +20,7 @@ One run (``--threads`` for every command, default 2; ``harness.run_measured``):
 Targets: refined FSC = 0.5 within 10 % of the known-pose map's; median rotation error < 3°; refine < 10 min.
 Prints a table and writes ``OUT/bench_refine.json``::
 
-    .venv/bin/python benchmarks/bench_refine.py --out /tmp/bench_refine          # ~10-15 min on 2 cores
+    .venv/bin/python benchmarks/bench_refine.py --out /tmp/bench_refine          # ~8 min on 2 idle cores
     .venv/bin/python benchmarks/bench_refine.py --out /tmp/bench_refine --n 2000 --skip-engine
 """
 
