@@ -12,7 +12,7 @@ import vitreous
 from vitreous.errors import InputError
 
 # modules of vitreous.cli, each with register(app); order of --help
-COMMANDS = ("info", "convert", "simulate", "backproject", "refine", "classify3d", "fsc", "demo")
+COMMANDS = ("info", "convert", "simulate", "backproject", "refine", "abinit", "classify3d", "fsc", "demo")
 
 app = typer.Typer(
     name="vitreous",

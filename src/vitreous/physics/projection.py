@@ -339,6 +339,23 @@ class Backprojector:
             f, weights = f * ctf, ctf * ctf
         self.insert(f, weights, rotations)
 
+    def decay(self, factor: float) -> None:
+        """Multiply the accumulated data by ``factor`` (an exponential memory over batches, as online EM)."""
+        self._num.mul_(factor)
+        self._den.mul_(factor)
+
+    def accumulators(self) -> tuple[Tensor, Tensor]:
+        """The raw half-plane accumulators (numerator, denominator), e.g. to checkpoint them."""
+        return self._num, self._den
+
+    def load_accumulators(self, numerator: Tensor, denominator: Tensor, count: int) -> None:
+        """Replace the accumulators by saved ones (from :meth:`accumulators` of a Backprojector like this)."""
+        if numerator.shape != self._num.shape or denominator.shape != self._den.shape:
+            raise ValueError(f"accumulators of shape {tuple(numerator.shape)} for a grid of {tuple(self._num.shape)}")
+        self._num.copy_(numerator)
+        self._den.copy_(denominator)
+        self.count = count
+
     def result(self, inplace: bool = False) -> tuple[Tensor, Tensor]:
         """(numerator (P, P, P) complex, denominator (P, P, P) real) with the mirror half added.
 

@@ -1,0 +1,365 @@
+"""Ab initio reconstruction of K maps from particles without poses or reference: stochastic EM, then refinement.
+
+Stage 1, stochastic expectation-maximisation on mini-batches (online EM, as cryoSPARC's ab initio and RELION's
+SGD initial model do in spirit), on images Fourier-cropped to a small box that holds the final resolution of
+the stage.  Start: K maps of random white noise low-passed to ``initial_resolution_A`` inside the mask.
+Iteration t (0-based) draws a random mini-batch (its size grows linearly from ``initial_batch`` to
+``final_batch``) and:
+
+1. searches every image against every class map globally over SO(3) x shifts
+   (:class:`~vitreous.align.PoseSearch`, coarse to fine), comparing frequencies up to the iteration's
+   resolution, which marches geometrically from ``initial_resolution_A`` to ``final_resolution_A`` over the
+   first ``march_fraction`` of the iterations; scores are the scale-free ``ncc`` log-likelihoods (the Gaussian
+   log-likelihood maximised over the map's scale), whitened by the image power spectrum;
+2. class posteriors ``p_k ~ pi_k sum_poses exp(score)`` (at t = 0, a random class per image), pose posteriors
+   softmax(score) within each class;
+3. decays each class's Fourier accumulators (numerator ``sum w c X``, weights ``sum w c^2``, per half set) by
+   ``t / (t + memory)`` (t = 0 forgets the random start) and inserts the batch with weights ``p_k * p_pose``;
+4. rebuilds each class map with the FSC-derived Wiener filter of its two half-set accumulators and the soft
+   spherical mask; ``pi_k`` follows the decayed class weights.  A class that received no particle keeps its map.
+
+Stage 2 (:func:`assign_classes`, K > 1 only): every particle searched against every class map at the final
+resolution; its class is the most probable one.  Stage 3: each class's particles refined with
+:mod:`vitreous.reconstruct.refine` (gold-standard halves, global then local searches) from its stage-1 map,
+which gives the final maps and poses.  Maps are [z, y, x], poses RELION matrices and origins (px of the
+particles' box).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitreous.align import GlobalOptions, PoseSearch, ProjectorSlices, image_power, image_spectra
+from vitreous.align.noise import ShellPower
+from vitreous.align.points import fourier_points, radius_for_resolution
+from vitreous.data.particles import ParticleSet
+from vitreous.errors import InputError
+from vitreous.physics.ctf import CTFParams, compute_ctf
+from vitreous.physics.fourier import fourier_crop, fourier_pad, lowpass, soft_spherical_mask, translate_ft
+from vitreous.physics.projection import Backprojector, Projector
+from vitreous.reconstruct.backproject import HalfSetBackprojector, assign_halves, batches
+from vitreous.reconstruct.refine import MASK_EDGE_PX, RefineOptions, check_particles
+
+log = logging.getLogger(__name__)
+
+NOISE_SAMPLE = 1000  # images used for the whitening spectrum
+MIN_CLASS_WEIGHT = 1e-3  # class posteriors below this are not inserted
+MIN_POSE_WEIGHT = 0.01  # nor are pose posteriors below this (the rest renormalised)
+EMPTY_CLASS = 1.0  # a class with less accumulated weight than this keeps its previous map
+
+
+@dataclass(frozen=True)
+class AbinitOptions:
+    """Ab initio settings (Å, px and degrees as named); see the module docstring."""
+
+    classes: int = 1
+    iterations: int = 40
+    initial_batch: int = 200
+    final_batch: int = 800
+    initial_resolution_A: float = 35.0
+    final_resolution_A: float = 12.0
+    march_fraction: float = 0.6
+    memory: float = 3.0
+    mask_diameter_A: float | None = None  # default: 90 % of the box, as refine
+    keep: int = 10
+    max_shift_A: float | None = None  # default: 8 % of the box
+    refine_iterations: int = 6
+    refine_global_iterations: int = 2
+    batch_size: int = 256
+    device: str = "cpu"
+    seed: int = 0
+
+    def check(self, particles: ParticleSet) -> None:
+        """InputError for options that cannot work with these particles."""
+        if self.classes < 1 or self.classes > len(particles):
+            raise InputError(particles.source or None, f"--classes {self.classes} for {len(particles)} particles",
+                             "ask for at least 1 class and at most as many classes as particles")
+        if min(self.iterations, self.initial_batch, self.final_batch, self.keep, self.batch_size) < 1:
+            raise InputError(None, "--iterations, batch sizes and --keep must be at least 1", "fix the options")
+        if not 0 < self.final_resolution_A <= self.initial_resolution_A:
+            raise InputError(None, f"resolutions must satisfy 0 < final ({self.final_resolution_A:g} Å) <= initial "
+                             f"({self.initial_resolution_A:g} Å)", "fix --initial-resolution/--final-resolution")
+
+    def resolution(self, iteration: int) -> float:
+        """Resolution (Å) compared at ``iteration`` (geometric marching, then constant)."""
+        done = min(1.0, iteration / max(1.0, self.march_fraction * (self.iterations - 1)))
+        return self.initial_resolution_A * (self.final_resolution_A / self.initial_resolution_A) ** done
+
+    def batch(self, iteration: int) -> int:
+        """Mini-batch size at ``iteration``."""
+        done = iteration / max(1, self.iterations - 1)
+        return int(round(self.initial_batch + done * (self.final_batch - self.initial_batch)))
+
+
+@dataclass
+class SGDState:
+    """Stage 1 after ``iteration`` finished mini-batches: maps (K, d, d, d) on the small box, the per-class
+    half-set accumulators, class priors, whitening spectrum; what a checkpoint holds."""
+
+    iteration: int
+    small_box: int
+    small_pixel_size: float
+    maps: np.ndarray
+    numerators: np.ndarray  # (K, 2, d, d, d) complex64, raw half-plane accumulators
+    weights: np.ndarray  # (K, 2, d, d, d) float32
+    counts: np.ndarray  # (K, 2) images inserted
+    priors: np.ndarray  # (K,)
+    sigma2: np.ndarray  # (d // 2 + 1,)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SGDState:
+        return cls(**data)
+
+    def full_maps(self, box: int) -> np.ndarray:
+        """The class maps (K, D, D, D) on the particles' box (Fourier-padded)."""
+        maps = torch.as_tensor(self.maps)
+        if self.small_box == box:
+            return maps.numpy()
+        return np.stack([fourier_pad(m, box, ndim=3).numpy() for m in maps])
+
+
+def small_box_for(box: int, pixel_size: float, resolution_A: float) -> int:
+    """Smallest even box (at most ``box``) whose Nyquist frequency is 1.5 times that of ``resolution_A``."""
+    needed = 2 * math.ceil(1.5 * box * pixel_size / resolution_A)
+    return int(min(box, max(needed, 16)))
+
+
+def _mask(box: int, pixel_size: float, options: AbinitOptions, device: torch.device) -> torch.Tensor:
+    radius = (0.45 * box - MASK_EDGE_PX * box / 64 if options.mask_diameter_A is None
+              else options.mask_diameter_A / (2 * pixel_size))
+    return soft_spherical_mask(box, radius, MASK_EDGE_PX * box / 64, device=device)
+
+
+class _Data:
+    """Images and CTFs of the particles, Fourier-cropped to ``box`` (pixel size scaled), on the device."""
+
+    def __init__(self, particles: ParticleSet, box: int, device: torch.device) -> None:
+        self.particles, self.box, self.device = particles, box, device
+        self.full_box, full_apix = check_particles(particles)
+        self.pixel_size = full_apix * self.full_box / box
+        self.ctf = CTFParams.from_table(particles.ctf_table())
+
+    def read(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centred spectra (B, d, d), CTF images (B, d, d)) of particles ``idx``."""
+        images = torch.as_tensor(self.particles.images.read(idx), dtype=torch.float32, device=self.device)
+        if self.box < self.full_box:
+            images = fourier_crop(images, self.box)
+        return image_spectra(images), compute_ctf(self.ctf[idx].to(self.device), self.box, self.pixel_size)
+
+
+def _whitening(data: _Data, seed: int) -> torch.Tensor:
+    """Mean image power per shell of a random sample (noise dominates at cryo-EM SNRs)."""
+    n = len(data.particles)
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, NOISE_SAMPLE), replace=False))
+    power = ShellPower(data.box, data.device)
+    points = fourier_points(data.box, data.box // 2, data.device)
+    for part in batches(len(sample), 256):
+        spectra, _ = data.read(sample[part])
+        image_power(spectra, points, power)
+    return power.spectrum()
+
+
+def initial_sgd_state(particles: ParticleSet, options: AbinitOptions) -> SGDState:
+    """K random maps (white noise low-passed to the initial resolution, masked), empty accumulators."""
+    options.check(particles)
+    box, apix = check_particles(particles)
+    small = small_box_for(box, apix, options.final_resolution_A)
+    device = torch.device(options.device)
+    data = _Data(particles, small, device)
+    generator = torch.Generator().manual_seed(options.seed)
+    noise = torch.randn((options.classes, small, small, small), generator=generator)
+    mask = _mask(small, data.pixel_size, options, torch.device("cpu"))
+    maps = torch.stack([lowpass(v, options.initial_resolution_A, data.pixel_size, ndim=3) * mask for v in noise])
+    K = options.classes
+    return SGDState(
+        iteration=0, small_box=small, small_pixel_size=data.pixel_size, maps=maps.numpy(),
+        numerators=np.zeros((K, 2, small, small, small), np.complex64),
+        weights=np.zeros((K, 2, small, small, small), np.float32), counts=np.zeros((K, 2), np.int64),
+        priors=np.full(K, 1.0 / K), sigma2=_whitening(data, options.seed).cpu().numpy())
+
+
+def _search_options(radius: float, box: int, pixel_size: float, options: AbinitOptions) -> GlobalOptions:
+    """Global search to ``radius``: from the 15° grid to the first level whose marching radius reaches it."""
+    max_shift = (options.max_shift_A / pixel_size) if options.max_shift_A is not None else 0.08 * box
+    search = GlobalOptions(radius_px=radius, start_level=2, end_level=2, keep=options.keep, max_shift_px=max_shift)
+    level = 2
+    while search.level_radius(level, box) < radius and level < 5:
+        level += 1
+    return GlobalOptions(radius_px=radius, start_level=2, end_level=level, keep=options.keep, max_shift_px=max_shift)
+
+
+@dataclass
+class ClassPoses:
+    """Per-class search results of a batch: rotations (K, B, P, 3, 3), shifts (K, B, P, 2) px, pose
+    posteriors (K, B, P) and class posteriors (B, K)."""
+
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+    pose_weights: torch.Tensor
+    class_posteriors: torch.Tensor
+
+
+def search_classes(maps: torch.Tensor, priors: torch.Tensor, spectra: torch.Tensor, ctf: torch.Tensor,
+                   sigma2: torch.Tensor, search: GlobalOptions) -> ClassPoses:
+    """Global search of a batch against each class map (K, d, d, d) (already masked)."""
+    box = maps.shape[-1]
+    results = [PoseSearch(ProjectorSlices(Projector(m)), sigma2, box, mode="ncc").global_search(spectra, ctf, search)
+               for m in maps]
+    scores = torch.stack([r.scores for r in results])  # (K, B, P)
+    evidence = torch.logsumexp(scores.double(), dim=2).T + torch.log(priors.double().clamp(min=1e-12))[None]
+    return ClassPoses(torch.stack([r.rotations for r in results]), torch.stack([r.shifts for r in results]),
+                      torch.stack([r.weights for r in results]).float(),
+                      torch.softmax(evidence, dim=1).float())
+
+
+def _insert(accumulators: list[list[Backprojector]], spectra: torch.Tensor, ctf: torch.Tensor, poses: ClassPoses,
+            halves: torch.Tensor) -> None:
+    """Insert a batch into every class and half with weights class posterior x pose posterior."""
+    for k, class_accumulators in enumerate(accumulators):
+        weights = poses.pose_weights[k] * poses.class_posteriors[:, k:k + 1]  # (B, P)
+        weights = torch.where(poses.pose_weights[k] >= MIN_POSE_WEIGHT, weights, torch.zeros_like(weights))
+        weights = torch.where(poses.class_posteriors[:, k:k + 1] >= MIN_CLASS_WEIGHT, weights,
+                              torch.zeros_like(weights))
+        weights = weights * (poses.class_posteriors[:, k:k + 1] / weights.sum(1, keepdim=True).clamp(min=1e-12))
+        for h, accumulator in enumerate(class_accumulators):
+            image, pose = torch.nonzero((weights > 0) & (halves[:, None] == h), as_tuple=True)
+            if image.numel() == 0:
+                continue
+            w = weights[image, pose][:, None, None]
+            c = ctf[image]
+            centred = translate_ft(spectra[image], poses.shifts[k, image, pose])
+            accumulator.insert(centred * (c * w), c * c * w, poses.rotations[k, image, pose])
+
+
+def _accumulators(state: SGDState, device: torch.device) -> list[list[Backprojector]]:
+    out = []
+    for k in range(state.maps.shape[0]):
+        row = []
+        for h in range(2):
+            b = Backprojector(state.small_box, 1, device=device)
+            b.load_accumulators(torch.as_tensor(state.numerators[k, h]), torch.as_tensor(state.weights[k, h]),
+                                int(state.counts[k, h]))
+            row.append(b)
+        out.append(row)
+    return out
+
+
+def _rebuild(accumulators: list[Backprojector], pixel_size: float) -> tuple[np.ndarray, float] | None:
+    """Wiener-filtered full map and FSC=0.143 resolution from a class's two half accumulators (None if empty)."""
+    if min(float(b.accumulators()[1].sum()) for b in accumulators) < EMPTY_CLASS:
+        return None
+    from vitreous.analysis.fsc import resolution_at
+
+    halves = HalfSetBackprojector(accumulators[0].D, 1, accumulators[0].device)
+    for h, b in enumerate(accumulators):
+        halves.halves[h].load_accumulators(*b.accumulators(), b.count)
+    maps = halves.reconstruct(pixel_size)
+    return maps.full, resolution_at(maps.frequency, maps.fsc, 0.143)
+
+
+def sgd_iteration(particles: ParticleSet, state: SGDState, options: AbinitOptions, halves: np.ndarray) -> SGDState:
+    """One mini-batch of stage 1; returns the new state."""
+    started = time.perf_counter()
+    device = torch.device(options.device)
+    t = state.iteration
+    data = _Data(particles, state.small_box, device)
+    rng = np.random.default_rng([options.seed, t])
+    idx = np.sort(rng.choice(len(particles), min(len(particles), options.batch(t)), replace=False))
+    resolution = options.resolution(t)
+    radius = min(radius_for_resolution(resolution, state.small_box, data.pixel_size), state.small_box // 2)
+    search = _search_options(radius, state.small_box, data.pixel_size, options)
+    mask = _mask(state.small_box, data.pixel_size, options, device)
+    maps = torch.as_tensor(state.maps, device=device) * mask
+    priors = torch.as_tensor(state.priors, device=device)
+    sigma2 = torch.as_tensor(state.sigma2, device=device)
+    accumulators = _accumulators(state, device)
+    forget = t / (t + options.memory)
+    for row in accumulators:
+        for b in row:
+            b.decay(forget)
+    class_totals = torch.zeros(options.classes, dtype=torch.float64)
+    for part in batches(len(idx), options.batch_size):
+        spectra, ctf = data.read(idx[part])
+        poses = search_classes(maps, priors, spectra, ctf, sigma2, search)
+        if t == 0 and options.classes > 1:  # random classes against the random start
+            pick = torch.as_tensor(rng.integers(options.classes, size=len(part)), device=device)
+            poses.class_posteriors = torch.nn.functional.one_hot(pick, options.classes).float()
+        _insert(accumulators, spectra, ctf, poses, torch.as_tensor(halves[idx[part]], device=device))
+        class_totals += poses.class_posteriors.sum(0).double().cpu()
+    new_maps, resolutions = state.maps.copy(), []
+    for k, row in enumerate(accumulators):
+        rebuilt = _rebuild(row, data.pixel_size)
+        if rebuilt is not None:
+            new_maps[k] = (torch.as_tensor(rebuilt[0]) * mask.cpu()).numpy()
+        resolutions.append(rebuilt[1] if rebuilt is not None else float("nan"))
+    priors_new = np.maximum(state.priors * forget * len(idx) + class_totals.numpy(), 1e-12)
+    priors_new = priors_new / priors_new.sum()
+    summary = {"iteration": t + 1, "batch": len(idx), "resolution_A": resolution, "radius_px": radius,
+               "end_level": search.end_level, "class_fractions": (class_totals / len(idx)).tolist(),
+               "half_map_resolution_A": resolutions, "seconds": time.perf_counter() - started}
+    log.info("ab initio iteration %d: %d images at %.1f Å, classes %s, %.1f s", t + 1, len(idx), resolution,
+             np.round(summary["class_fractions"], 3).tolist(), summary["seconds"])
+    return SGDState(
+        iteration=t + 1, small_box=state.small_box, small_pixel_size=state.small_pixel_size, maps=new_maps,
+        numerators=np.stack([np.stack([b.accumulators()[0].cpu().numpy() for b in row]) for row in accumulators]),
+        weights=np.stack([np.stack([b.accumulators()[1].cpu().numpy() for b in row]) for row in accumulators]),
+        counts=np.array([[b.count for b in row] for row in accumulators], np.int64), priors=priors_new,
+        sigma2=state.sigma2, history=[*state.history, summary])
+
+
+def run_sgd(particles: ParticleSet, state: SGDState, options: AbinitOptions,
+            on_iteration: Callable[[SGDState], None] | None = None,
+            progress: Callable[[int], None] | None = None) -> SGDState:
+    """Stage 1 from ``state`` to ``options.iterations`` mini-batches; ``on_iteration`` gets each state."""
+    halves = assign_halves(particles, options.seed)
+    while state.iteration < options.iterations:
+        state = sgd_iteration(particles, state, options, halves)
+        if on_iteration is not None:
+            on_iteration(state)
+        if progress is not None:
+            progress(1)
+    return state
+
+
+def assign_classes(particles: ParticleSet, state: SGDState, options: AbinitOptions,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Stage 2: class posteriors (N, K) of every particle against the stage-1 maps at the final resolution."""
+    device = torch.device(options.device)
+    data = _Data(particles, state.small_box, device)
+    radius = min(radius_for_resolution(options.final_resolution_A, state.small_box, data.pixel_size),
+                 state.small_box // 2)
+    search = _search_options(radius, state.small_box, data.pixel_size, options)
+    maps = torch.as_tensor(state.maps, device=device) * _mask(state.small_box, data.pixel_size, options, device)
+    priors, sigma2 = torch.as_tensor(state.priors, device=device), torch.as_tensor(state.sigma2, device=device)
+    posteriors = np.zeros((len(particles), options.classes), np.float32)
+    for part in batches(len(particles), options.batch_size):
+        spectra, ctf = data.read(part)
+        posteriors[part] = search_classes(maps, priors, spectra, ctf, sigma2, search).class_posteriors.cpu().numpy()
+        if progress is not None:
+            progress(len(part))
+    return posteriors
+
+
+def refine_options(options: AbinitOptions) -> RefineOptions:
+    """Stage 3 settings: refinement from the stage-1 map low-passed to the stage's final resolution."""
+    return RefineOptions(initial_lowpass_A=options.final_resolution_A, mask_diameter_A=options.mask_diameter_A,
+                         max_iterations=options.refine_iterations,
+                         global_iterations=options.refine_global_iterations, keep=5,
+                         max_shift_A=options.max_shift_A, batch_size=options.batch_size, device=options.device,
+                         seed=options.seed)
+
+
+__all__ = ["AbinitOptions", "ClassPoses", "SGDState", "assign_classes", "initial_sgd_state", "refine_options",
+           "run_sgd", "search_classes", "sgd_iteration", "small_box_for"]

@@ -1,0 +1,110 @@
+"""``vitreous abinit``: a complete job folder with K classes, resuming an interrupted run, and bad input (one
+line, exit code 2).  Data: 240 simulated particles of two proteins (box 24, 4 Å/px, SNR 1)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vitreous.data.particles import EULER, SHIFTS
+from vitreous.io.mrc import read_map
+from vitreous.io.star import read_star, write_star
+from vitreous.reconstruct import abinit as abinit_module
+from vitreous.reconstruct.abinit import AbinitOptions, SGDState
+from vitreous.sim.particles import Acquisition, simulate_stack
+from vitreous.sim.truth import models_truth
+
+APIX, BOX, N = 4.0, 24, 240
+FAST = ("--iterations", "3", "--initial-batch", "60", "--final-batch", "80", "--refine-iterations", "1",
+        "--final-resolution", "16")
+PROTEINS = Path(__file__).resolve().parents[3] / "shared" / "data" / "structures" / "proteins"
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("abinit_cli")
+    with resources.as_file(resources.files("vitreous.resources") / "adk_closed.pdb.gz") as path:
+        truth = models_truth([path], BOX, APIX).volumes
+    states = np.arange(N) % 2
+    volumes = torch.stack([truth[0], torch.flip(truth[0], dims=(0,)).roll(3, dims=2)])  # two distinct maps
+    acquisition = Acquisition(apix=APIX, snr=1.0, astigmatism_A=300.0, shift_sd_px=0.5, seed=5)
+    particles = simulate_stack(volumes, states, out / "particles.mrcs", acquisition)
+    write_star(out / "particles.star", particles)
+    return out
+
+
+def test_abinit_writes_a_complete_job_with_classes(vitreous, simulated: Path, tmp_path: Path) -> None:
+    out = tmp_path / "job"
+    result = vitreous("abinit", simulated / "particles.star", "-o", out, "--classes", "2", *FAST)
+    assert result.code == 0, result.err
+    for name in ("class_001.mrc", "class_002.mrc", "class_001_initial.mrc", "class_001_half_map_1.mrc",
+                 "particles.star", "fsc.csv", "report.html", "job.json", "run.log", "checkpoints/sgd.pt",
+                 "checkpoints/classes.pt"):
+        assert (out / name).is_file(), name
+    volume, voxel = read_map(out / "class_001.mrc")
+    assert volume.shape == (BOX,) * 3 and voxel == pytest.approx(APIX)
+    table = read_star(out / "particles.star").particles
+    assert len(table) == N and {*EULER, *SHIFTS, "rlnClassNumber", "vtsClassProbability1"} <= set(table.columns)
+    assert set(table["rlnClassNumber"]) <= {1, 2}
+    probabilities = table[["vtsClassProbability1", "vtsClassProbability2"]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-4)
+    assert (probabilities.argmax(1) + 1 == table["rlnClassNumber"].to_numpy()).all()
+    assert {"frequency_invA"} < set(pd.read_csv(out / "fsc.csv").columns)
+    report = (out / "report.html").read_text()
+    assert "Ab initio reconstruction" in report and "data:image/png" in report
+    assert json.loads((out / "job.json").read_text())["status"] == "finished"
+
+
+def test_an_interrupted_run_resumes_from_its_last_mini_batch(vitreous, simulated: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitreous.cli.abinit import run_abinit
+
+    out = tmp_path / "job"
+    real = abinit_module.sgd_iteration
+    calls: list[int] = []
+
+    def interrupted_third(particles, state, options, halves):
+        calls.append(state.iteration)
+        if state.iteration == 2:
+            raise KeyboardInterrupt("stopped by the test")
+        return real(particles, state, options, halves)
+
+    monkeypatch.setattr(abinit_module, "sgd_iteration", interrupted_third)
+    options = AbinitOptions(iterations=3, initial_batch=60, final_batch=80, refine_iterations=1,
+                            final_resolution_A=16)
+    with pytest.raises(KeyboardInterrupt):
+        run_abinit(simulated / "particles.star", out, options)
+    saved = SGDState.from_dict(torch.load(out / "checkpoints/sgd.pt", weights_only=False))
+    assert saved.iteration == 2 and not (out / "map.mrc").exists()
+    calls.clear()
+    monkeypatch.setattr(abinit_module, "sgd_iteration", lambda *a: calls.append(a[1].iteration) or real(*a))
+    result = vitreous("abinit", simulated / "particles.star", "-o", out, *FAST, "--resume")
+    assert result.code == 0, result.err
+    assert calls == [2] and "resuming after mini-batch 2" in result.err
+    assert (out / "map.mrc").is_file() and (out / "map_initial.mrc").is_file()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("--classes", "0"), ("--classes 0",)),
+    (("--classes", str(N + 1)), (f"--classes {N + 1}",)),
+    (("--initial-resolution", "10", "--final-resolution", "20"), ("final",)),
+    (("--refine-iterations", "-1"), ("--refine-iterations",)),
+])
+def test_bad_options_are_one_line(vitreous, simulated: Path, tmp_path: Path, args, fragments) -> None:
+    out = tmp_path / "job"
+    vitreous("abinit", simulated / "particles.star", "-o", out, *args).assert_error(*fragments)
+    assert not out.exists()
+
+
+def test_particles_without_ctf_are_refused(vitreous, simulated: Path, tmp_path: Path) -> None:
+    particles = read_star(simulated / "particles.star")
+    bare = particles.particles.drop(columns=["rlnDefocusU", "rlnDefocusV"])
+    star = simulated / "no_ctf.star"
+    write_star(star, type(particles)(bare, particles.optics, particles.images))
+    vitreous("abinit", star, "-o", tmp_path / "job").assert_error("CTF")
