@@ -1,10 +1,10 @@
 """``vitreous abinit``: a complete job folder with K classes, resuming an interrupted run, and bad input (one
-line, exit code 2).  Data: 240 simulated particles of two proteins (box 24, 4 Å/px, SNR 1)."""
+line, exit code 2).  Data: 240 simulated particles, closed and open adenylate kinase alternating (box 24, 4 Å/px,
+SNR 1)."""
 
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +23,14 @@ from vitreous.sim.truth import models_truth
 APIX, BOX, N = 4.0, 24, 240
 FAST = ("--iterations", "3", "--initial-batch", "60", "--final-batch", "80", "--refine-iterations", "1",
         "--final-resolution", "16")
-PROTEINS = Path(__file__).resolve().parents[3] / "shared" / "data" / "structures" / "proteins"
+ADK = Path(__file__).resolve().parents[3] / "shared" / "data" / "structures" / "adk"
 
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("abinit_cli")
-    with resources.as_file(resources.files("vitreous.resources") / "adk_closed.pdb.gz") as path:
-        truth = models_truth([path], BOX, APIX).volumes
+    volumes = models_truth([ADK / "adk_closed.pdb", ADK / "adk_open.pdb"], BOX, APIX).volumes
     states = np.arange(N) % 2
-    volumes = torch.stack([truth[0], torch.flip(truth[0], dims=(0,)).roll(3, dims=2)])  # two distinct maps
     acquisition = Acquisition(apix=APIX, snr=1.0, astigmatism_A=300.0, shift_sd_px=0.5, seed=5)
     particles = simulate_stack(volumes, states, out / "particles.mrcs", acquisition)
     write_star(out / "particles.star", particles)
@@ -108,3 +106,24 @@ def test_particles_without_ctf_are_refused(vitreous, simulated: Path, tmp_path: 
     star = simulated / "no_ctf.star"
     write_star(star, type(particles)(bare, particles.optics, particles.images))
     vitreous("abinit", star, "-o", tmp_path / "job").assert_error("CTF")
+
+
+
+def test_classify3d_realign_runs_the_abinit_pipeline_from_the_reference(vitreous, simulated: Path,
+                                                                         tmp_path: Path) -> None:
+    """The mechanics (accuracy: tests/reconstruct/test_abinit.py and benchmarks/bench_classify3d.py)."""
+    from vitreous.io.mrc import write_map
+
+    reference = models_truth([ADK / "adk_closed.pdb"], BOX, APIX).volumes[0].numpy()
+    write_map(tmp_path / "reference.mrc", reference, APIX)
+    out = tmp_path / "job"
+    result = vitreous("classify3d", simulated / "particles.star", "--reference", tmp_path / "reference.mrc",
+                      "--classes", "2", "--realign", "-o", out, "--iterations", "3", "--refine-iterations", "1",
+                      "--final-resolution", "16")
+    assert result.code == 0, result.err
+    record = json.loads((out / "job.json").read_text())
+    assert record["command"] == "classify3d" and record["params"]["realign"]
+    assert len(record["inputs"]) == 2
+    table = read_star(out / "particles.star").particles
+    assert {*EULER, *SHIFTS, "rlnClassNumber", "vtsClassProbability2"} <= set(table.columns)
+    assert (out / "class_001.mrc").is_file() and (out / "class_002_initial.mrc").is_file()

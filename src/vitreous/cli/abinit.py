@@ -28,8 +28,11 @@ def _map_name(k: int, classes: int, suffix: str = "") -> str:
 
 
 def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datadir: Path | None = None,
-               apix: float | None = None, resume: bool = False, overwrite: bool = False) -> Path:
-    """Ab initio into the job folder ``out``; returns the folder.  Inputs are checked first."""
+               apix: float | None = None, resume: bool = False, overwrite: bool = False,
+               reference: Path | None = None) -> Path:
+    """Ab initio into the job folder ``out``; returns the folder.  Inputs are checked first.
+
+    With a ``reference`` map, the classes start from it (``vitreous classify3d --realign``) instead of noise."""
     from dataclasses import asdict
 
     import numpy as np
@@ -44,11 +47,17 @@ def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datad
     particles = read_particles(particles_path, datadir=datadir, apix=apix)
     box, pixel_size = check_particles(particles)
     options.check(particles)
+    start = None
+    if reference is not None:
+        from vitreous.cli.refine import load_reference
+
+        start = load_reference(reference, box, pixel_size)
     K = options.classes
-    with Job.open(out, command="abinit", params={**asdict(options), "apix": apix}, inputs=[particles_path],
-                  overwrite=overwrite, resume=resume) as job:
+    command, inputs = ("abinit", [particles_path]) if reference is None else ("classify3d", [particles_path, reference])
+    with Job.open(out, command=command, params={**asdict(options), "apix": apix, "realign": reference is not None},
+                  inputs=inputs, overwrite=overwrite, resume=resume) as job:
         saved = job.load_checkpoint(SGD_CHECKPOINT) if job.resumed else None
-        state = SGDState.from_dict(saved) if saved is not None else initial_sgd_state(particles, options)
+        state = SGDState.from_dict(saved) if saved is not None else initial_sgd_state(particles, options, start)
         if state.iteration:
             console.err.print(f"resuming after mini-batch {state.iteration}", markup=False)
         with progress_bar(options.iterations - state.iteration, "ab initio (stochastic EM)") as advance:

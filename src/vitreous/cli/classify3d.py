@@ -208,7 +208,8 @@ def _report(particles: ParticleSet, result: ClassificationResult) -> Report:
 def register(app: typer.Typer) -> None:
     """Add ``classify3d`` to the app."""
 
-    @app.command(help="3D classification of particles with known poses and CTF (poses are not refined): "
+    @app.command(help="3D classification of particles with known poses and CTF (poses are not refined, unless "
+                      "--realign): "
                       "expectation-maximisation over K classes started from a reference map low-passed to "
                       "--initial-lowpass Å with random perturbations.  Writes OUT/class_001.mrc ..., "
                       "particles.star (rlnClassNumber, 1-based; rlnMaxValueProbDistribution; posteriors "
@@ -222,7 +223,19 @@ def register(app: typer.Typer) -> None:
             help="Starting map, e.g. a consensus refinement of these particles (resampled to their box and "
                  "pixel size if needed).")],
         classes: Annotated[int, typer.Option("--classes", "-K", help="Number of classes K.")],
-        iterations: Annotated[int, typer.Option("--iterations", help="Maximum number of EM iterations.")] = 25,
+        iterations: Annotated[int | None, typer.Option(
+            "--iterations", help="Maximum number of EM iterations (default 25); with --realign, mini-batches of "
+                                 "stochastic EM (default 40).")] = None,
+        realign: Annotated[bool, typer.Option(
+            "--realign", help="Also search every particle's pose (poses in the input are not needed): "
+                              "stochastic EM on mini-batches with global pose search, classes started from the "
+                              "reference plus noise, then each class refined (as `vitreous abinit`, which see "
+                              "for the outputs).")] = False,
+        refine_iterations: Annotated[int, typer.Option(
+            "--refine-iterations", help="With --realign: refinement iterations per class.")] = 6,
+        final_resolution: Annotated[float, typer.Option(
+            "--final-resolution", metavar="Å", help="With --realign: resolution compared at the end of stochastic "
+                                                    "EM and in the class assignment.")] = 12.0,
         initial_lowpass: Annotated[float, typer.Option(
             "--initial-lowpass", metavar="Å", help="Low-pass filter of the reference for the start (Å).")] = 30.0,
         tolerance: Annotated[float, typer.Option(
@@ -238,6 +251,17 @@ def register(app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         resume: Resume = False,
     ) -> None:
-        run_classify3d(particles, out, reference=reference, classes=classes, iterations=iterations,
+        if realign:
+            from vitreous.cli.abinit import run_abinit
+            from vitreous.reconstruct.abinit import AbinitOptions
+
+            options = AbinitOptions(classes=classes, iterations=iterations or 40, initial_resolution_A=initial_lowpass,
+                                    final_resolution_A=final_resolution, refine_iterations=refine_iterations,
+                                    batch_size=min(batch_size, 256),
+                                    device=device, seed=seed)
+            run_abinit(particles, out, options, datadir=datadir, apix=apix, resume=resume, overwrite=overwrite,
+                       reference=reference)
+            return
+        run_classify3d(particles, out, reference=reference, classes=classes, iterations=iterations or 25,
                        initial_lowpass=initial_lowpass, tolerance=tolerance, batch_size=batch_size, device=device,
                        seed=seed, datadir=datadir, apix=apix, overwrite=overwrite, resume=resume)

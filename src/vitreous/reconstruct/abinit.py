@@ -54,6 +54,7 @@ NOISE_SAMPLE = 1000  # images used for the whitening spectrum
 MIN_CLASS_WEIGHT = 1e-3  # class posteriors below this are not inserted
 MIN_POSE_WEIGHT = 0.01  # nor are pose posteriors below this (the rest renormalised)
 EMPTY_CLASS = 1.0  # a class with less accumulated weight than this keeps its previous map
+START_PERTURBATION = 0.2  # relative noise added to a given start map, per class
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class AbinitOptions:
     keep: int = 10
     max_shift_A: float | None = None  # default: 8 % of the box
     refine_iterations: int = 6
-    refine_global_iterations: int = 2
+    refine_global_iterations: int = 1
     batch_size: int = 256
     device: str = "cpu"
     seed: int = 0
@@ -171,8 +172,11 @@ def _whitening(data: _Data, seed: int) -> torch.Tensor:
     return power.spectrum()
 
 
-def initial_sgd_state(particles: ParticleSet, options: AbinitOptions) -> SGDState:
-    """K random maps (white noise low-passed to the initial resolution, masked), empty accumulators."""
+def initial_sgd_state(particles: ParticleSet, options: AbinitOptions, start: np.ndarray | None = None) -> SGDState:
+    """K random maps (white noise low-passed to the initial resolution, masked), empty accumulators.
+
+    With a ``start`` map (D, D, D) on the particles' grid (3D classification with alignment), each class is
+    instead that map plus its own noise of ``START_PERTURBATION`` times the map's norm, both low-passed."""
     options.check(particles)
     box, apix = check_particles(particles)
     small = small_box_for(box, apix, options.final_resolution_A)
@@ -182,6 +186,12 @@ def initial_sgd_state(particles: ParticleSet, options: AbinitOptions) -> SGDStat
     noise = torch.randn((options.classes, small, small, small), generator=generator)
     mask = _mask(small, data.pixel_size, options, torch.device("cpu"))
     maps = torch.stack([lowpass(v, options.initial_resolution_A, data.pixel_size, ndim=3) * mask for v in noise])
+    if start is not None:
+        reference = torch.as_tensor(np.asarray(start, np.float32))
+        reference = lowpass(fourier_crop(reference, small, ndim=3) if small < box else reference,
+                            options.initial_resolution_A, data.pixel_size, ndim=3) * mask
+        maps = reference + START_PERTURBATION * reference.norm() * maps / maps.flatten(1).norm(dim=1)[:, None, None,
+                                                                                                        None]
     K = options.classes
     return SGDState(
         iteration=0, small_box=small, small_pixel_size=data.pixel_size, maps=maps.numpy(),
