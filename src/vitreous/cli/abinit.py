@@ -41,7 +41,14 @@ def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datad
     from vitreous.io.formats import read_particles
     from vitreous.io.mrc import write_map
     from vitreous.jobs import Job
-    from vitreous.reconstruct.abinit import SGDState, assign_classes, initial_sgd_state, refine_options, run_sgd
+    from vitreous.reconstruct.abinit import (
+        Assignment,
+        SGDState,
+        assign_classes,
+        initial_sgd_state,
+        refine_options,
+        run_sgd,
+    )
     from vitreous.reconstruct.refine import RefineState, check_particles, initial_state, refine
 
     particles = read_particles(particles_path, datadir=datadir, apix=apix)
@@ -66,14 +73,14 @@ def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datad
         initial = state.full_maps(box)
         for k in range(K):
             write_map(job.path(_map_name(k, K, "_initial")), initial[k], pixel_size)
-        posteriors = job.load_checkpoint(CLASSES_CHECKPOINT) if job.resumed else None
-        if posteriors is None:
-            if K == 1:
-                posteriors = np.ones((len(particles), 1), np.float32)
-            else:
-                with progress_bar(len(particles), "class assignment") as advance:
-                    posteriors = assign_classes(particles, state, options, advance)
-            job.save_checkpoint(CLASSES_CHECKPOINT, posteriors)
+        saved = job.load_checkpoint(CLASSES_CHECKPOINT) if job.resumed else None
+        if saved is None:
+            with progress_bar(len(particles), "class and pose assignment") as advance:
+                assignment = assign_classes(particles, state, options, advance)
+            job.save_checkpoint(CLASSES_CHECKPOINT, assignment.to_dict())
+        else:
+            assignment = Assignment.from_dict(saved)
+        posteriors = assignment.posteriors
         labels = posteriors.argmax(1)
         refine_opts = refine_options(options)
         refined: list[RefineState | None] = []
@@ -82,7 +89,8 @@ def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datad
             if len(members) < 2:
                 refined.append(None)
                 continue
-            subset = particles.subset(members)
+            subset = particles.subset(members).with_poses(rotations=assignment.rotations[members],
+                                                          shifts_angst=assignment.shifts_px[members] * pixel_size)
             name = f"refine_class_{k + 1:03d}"
             saved = job.load_checkpoint(name) if job.resumed else None
             start = (RefineState.from_dict(saved) if saved is not None
@@ -194,8 +202,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command(help="Ab initio 3D reconstruction without poses or reference: stochastic EM on mini-batches "
                       "from random maps (global pose search, resolution marching from --initial-resolution to "
-                      "--final-resolution on Fourier-cropped images), then (K > 1) class assignment of every "
-                      "particle and gold-standard refinement of each class.  Writes OUT/map.mrc (K = 1) or "
+                      "--final-resolution on Fourier-cropped images), then class and pose assignment of every "
+                      "particle (global search) and local gold-standard refinement of each class.  Writes OUT/map.mrc (K = 1) or "
                       "OUT/class_001.mrc ..., half maps, *_initial.mrc (before refinement), particles.star "
                       "(poses, rlnClassNumber), fsc.csv, report.html.")
     def abinit(

@@ -18,10 +18,11 @@ Iteration t (0-based) draws a random mini-batch (its size grows linearly from ``
 4. rebuilds each class map with the FSC-derived Wiener filter of its two half-set accumulators and the soft
    spherical mask; ``pi_k`` follows the decayed class weights.  A class that received no particle keeps its map.
 
-Stage 2 (:func:`assign_classes`, K > 1 only): every particle searched against every class map at the final
-resolution; its class is the most probable one.  Stage 3: each class's particles refined with
-:mod:`vitreous.reconstruct.refine` (gold-standard halves, global then local searches) from its stage-1 map,
-which gives the final maps and poses.  Maps are [z, y, x], poses RELION matrices and origins (px of the
+Stage 2 (:func:`assign_classes`): every particle searched globally against every class map at the final
+resolution; its class is the most probable one, its pose the best pose in that class.  Stage 3: each class's
+particles refined with :mod:`vitreous.reconstruct.refine` (gold-standard halves, local searches from the
+stage-2 poses with steps of 7.5° halved down to the finest) from its stage-1 map, which gives the final maps
+and poses.  Maps are [z, y, x], poses RELION matrices and origins (px of the
 particles' box).
 """
 
@@ -73,7 +74,6 @@ class AbinitOptions:
     keep: int = 10
     max_shift_A: float | None = None  # default: 8 % of the box
     refine_iterations: int = 6
-    refine_global_iterations: int = 1
     batch_size: int = 256
     device: str = "cpu"
     seed: int = 0
@@ -343,9 +343,26 @@ def run_sgd(particles: ParticleSet, state: SGDState, options: AbinitOptions,
     return state
 
 
+@dataclass
+class Assignment:
+    """Stage 2 for every particle: class posteriors (N, K), and the best pose of the most probable class:
+    RELION matrices (N, 3, 3) and origins (N, 2) in pixels of the particles' box."""
+
+    posteriors: np.ndarray
+    rotations: np.ndarray
+    shifts_px: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Assignment:
+        return cls(**data)
+
+
 def assign_classes(particles: ParticleSet, state: SGDState, options: AbinitOptions,
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Stage 2: class posteriors (N, K) of every particle against the stage-1 maps at the final resolution."""
+                   progress: Callable[[int], None] | None = None) -> Assignment:
+    """Stage 2: every particle searched globally against the stage-1 maps at the final resolution."""
     device = torch.device(options.device)
     data = _Data(particles, state.small_box, device)
     radius = min(radius_for_resolution(options.final_resolution_A, state.small_box, data.pixel_size),
@@ -353,23 +370,30 @@ def assign_classes(particles: ParticleSet, state: SGDState, options: AbinitOptio
     search = _search_options(radius, state.small_box, data.pixel_size, options)
     maps = torch.as_tensor(state.maps, device=device) * _mask(state.small_box, data.pixel_size, options, device)
     priors, sigma2 = torch.as_tensor(state.priors, device=device), torch.as_tensor(state.sigma2, device=device)
-    posteriors = np.zeros((len(particles), options.classes), np.float32)
-    for part in batches(len(particles), options.batch_size):
+    n = len(particles)
+    out = Assignment(np.zeros((n, options.classes), np.float32), np.zeros((n, 3, 3), np.float32),
+                     np.zeros((n, 2), np.float32))
+    for part in batches(n, options.batch_size):
         spectra, ctf = data.read(part)
-        posteriors[part] = search_classes(maps, priors, spectra, ctf, sigma2, search).class_posteriors.cpu().numpy()
+        poses = search_classes(maps, priors, spectra, ctf, sigma2, search)
+        best = poses.class_posteriors.argmax(1)
+        rows = torch.arange(len(part), device=device)
+        out.posteriors[part] = poses.class_posteriors.cpu().numpy()
+        out.rotations[part] = poses.rotations[best, rows, 0].cpu().numpy()
+        out.shifts_px[part] = (poses.shifts[best, rows, 0] * (data.full_box / data.box)).cpu().numpy()
         if progress is not None:
             progress(len(part))
-    return posteriors
+    return out
 
 
 def refine_options(options: AbinitOptions) -> RefineOptions:
-    """Stage 3 settings: refinement from the stage-1 map low-passed to the stage's final resolution."""
+    """Stage 3 settings: local refinement from the stage-2 poses (first step 7.5°, the spacing after the
+    15° grid's first halving) against the stage-1 map low-passed to the stage's final resolution."""
     return RefineOptions(initial_lowpass_A=options.final_resolution_A, mask_diameter_A=options.mask_diameter_A,
-                         max_iterations=options.refine_iterations,
-                         global_iterations=options.refine_global_iterations, keep=5,
+                         max_iterations=options.refine_iterations, local_only=True, end_level=2, keep=5,
                          max_shift_A=options.max_shift_A, batch_size=options.batch_size, device=options.device,
                          seed=options.seed)
 
 
-__all__ = ["AbinitOptions", "ClassPoses", "SGDState", "assign_classes", "initial_sgd_state", "refine_options",
-           "run_sgd", "search_classes", "sgd_iteration", "small_box_for"]
+__all__ = ["AbinitOptions", "Assignment", "ClassPoses", "SGDState", "assign_classes", "initial_sgd_state",
+           "refine_options", "run_sgd", "search_classes", "sgd_iteration", "small_box_for"]

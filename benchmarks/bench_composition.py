@@ -1,0 +1,137 @@
+"""``vitreous abinit --classes K`` on a compositional mixture of three different proteins, no poses.
+
+One run (``--threads`` for every command, default 2; ``harness.run_measured``):
+
+1. ``vitreous simulate`` with ``1BD2``, ``4E43`` and ``8zpm`` from ``shared/data/structures/proteins``,
+   ``--n`` particles in equal proportions (default 9000), box 64, 3 Å/px (the largest, 1BD2, is 146 Å
+   across), SNR 0.1; truth in ``OUT/sim/truth`` (``labels.npy``, ``state_00k.mrc``).
+2. ``vitreous backproject`` of each protein's particles with their true poses: the known-pose resolution.
+3. ``vitreous abinit --classes K`` for each K of ``--classes`` (default 3 and 5) on the particles without poses.
+4. Adjusted Rand index of ``rlnClassNumber`` against the truth, particles per class (how many classes hold more
+   than 2 %), and for each class holding more than 2 %: the protein most of its particles are, and its map's
+   FSC against that protein's truth after overlay (``align_map``, either hand), against the known-pose map's.
+
+Targets (issue 6, measured here with the classical ab initio): K = 3 ARI >= 0.9 and each class within 1.5x of
+its protein's known-pose FSC = 0.5; K = 5 at most 3 classes above 2 %.  Prints a table and writes
+``OUT/bench_composition.json``::
+
+    .venv/bin/python benchmarks/bench_composition.py --out /tmp/bench_composition
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__:
+    from . import harness
+    from .bench_abinit import map_scores
+    from .bench_refine import measured, unposed, vitreous_exe
+else:  # run as a script: benchmarks/ is on sys.path
+    import harness
+    from bench_abinit import map_scores
+    from bench_refine import measured, unposed, vitreous_exe
+
+REPO = Path(__file__).resolve().parents[1]
+PROTEINS = Path(os.environ.get("VITREOUS_SHARED_DATA", REPO.parent / "shared" / "data")) / "structures" / "proteins"
+MODELS = ("1BD2.cif.gz", "4E43.pdb", "8zpm.cif")
+BOX, APIX, SNR = 64, 3.0, 0.1
+TARGET_ARI, TARGET_RATIO, SMALL_CLASS = 0.9, 1.5, 0.02
+
+
+def known_pose_maps(sim: Path, out: Path, threads: int) -> list[dict[str, Any]]:
+    """Backprojection of each protein's particles with the true poses, scored against its truth."""
+    from vitreous.io.mrc import read_map
+    from vitreous.io.star import read_star, write_star
+
+    particles = read_star(sim / "particles.star")
+    labels = np.load(sim / "truth" / "labels.npy")
+    exe = vitreous_exe()
+    scores = []
+    for k in range(len(MODELS)):
+        star = sim / f"protein_{k + 1}.star"
+        write_star(star, particles.subset(np.nonzero(labels == k)[0]))
+        run = measured([*exe, "backproject", str(star), "-o", str(out / f"known_{k + 1}"), "--overwrite"],
+                       out / f"known_{k + 1}.log", threads)
+        truth, voxel = read_map(sim / "truth" / f"state_{k + 1:03d}.mrc")
+        scores.append({**map_scores(out / f"known_{k + 1}" / "map.mrc", truth, voxel), "wall_s": run["wall_s"]})
+    return scores
+
+
+def class_scores(job: Path, sim: Path, classes: int) -> dict[str, Any]:
+    from vitreous.analysis.metrics import adjusted_rand_index
+    from vitreous.io.mrc import read_map
+    from vitreous.io.star import read_star
+
+    labels = np.load(sim / "truth" / "labels.npy")
+    assigned = read_star(job / "particles.star", load_images=False).particles["rlnClassNumber"].to_numpy() - 1
+    sizes = np.bincount(assigned, minlength=classes)
+    rows = []
+    for k in range(classes):
+        members = labels[assigned == k]
+        row: dict[str, Any] = {"class": k + 1, "fraction": float(sizes[k] / len(labels))}
+        if row["fraction"] > SMALL_CLASS:
+            protein = int(np.bincount(members, minlength=len(MODELS)).argmax())
+            truth, voxel = read_map(sim / "truth" / f"state_{protein + 1:03d}.mrc")
+            row.update({"protein": MODELS[protein], "purity": float(np.mean(members == protein)),
+                        **map_scores(job / f"class_{k + 1:03d}.mrc", truth, voxel)})
+        rows.append(row)
+    return {"ari": adjusted_rand_index(assigned, labels), "sizes": sizes.tolist(),
+            "classes_over_2_percent": int(np.sum(sizes > SMALL_CLASS * len(labels))), "classes": rows}
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["known poses: " + ", ".join(f"{m} {s['fsc_truth_0.5_A']:.2f} Å"
+                                         for m, s in zip(MODELS, result["known"], strict=True))]
+    known = {m: s["fsc_truth_0.5_A"] for m, s in zip(MODELS, result["known"], strict=True)}
+    for key, run in result["runs"].items():
+        s = run["scores"]
+        lines.append(f"{key}: ARI {s['ari']:.3f} (target >= {TARGET_ARI} for K=3), sizes {s['sizes']}, classes > 2 %: "
+                     f"{s['classes_over_2_percent']}, wall {run['wall_s']:.0f} s, peak RSS {run['peak_rss_mb']:.0f} MB")
+        for row in s["classes"]:
+            if "protein" in row:
+                ratio = row["fsc_truth_0.5_A"] / known[row["protein"]]
+                lines.append(f"  class {row['class']}: {row['fraction']:.3f} of particles, {row['protein']} "
+                             f"(purity {row['purity']:.3f}), FSC=0.5 vs truth {row['fsc_truth_0.5_A']:.2f} Å "
+                             f"(ratio {ratio:.2f}, target <= {TARGET_RATIO})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="work folder (data, jobs, JSON)")
+    parser.add_argument("--n", type=int, default=9000, help="particles to simulate (equal thirds)")
+    parser.add_argument("--classes", type=int, nargs="+", default=[3, 5], help="values of K to run")
+    parser.add_argument("--threads", type=int, default=harness.DEFAULT_THREADS, help="threads of every command")
+    args = parser.parse_args(argv)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    exe = vitreous_exe()
+    sim = out / "sim"
+    if not (sim / "particles.star").is_file():
+        models = [arg for name in MODELS for arg in ("--model", str(PROTEINS / name))]
+        measured([*exe, "simulate", *models, "--proportions", ",".join("1" * len(MODELS)), "-n", str(args.n),
+                  "--box", str(BOX), "--apix", str(APIX), "--snr", str(SNR), "-o", str(sim), "--overwrite"],
+                 out / "simulate.log", args.threads)
+    star = unposed(sim / "particles.star", out / "unposed.star")
+    result: dict[str, Any] = {"n": args.n, "box": BOX, "apix": APIX, "snr": SNR, "threads": args.threads,
+                              "known": known_pose_maps(sim, out, args.threads), "runs": {}}
+    for k in args.classes:
+        job = out / f"abinit_K{k}"
+        load = os.getloadavg()
+        run = measured([*exe, "abinit", str(star), "--classes", str(k), "-o", str(job), "--overwrite"],
+                       out / f"abinit_K{k}.log", args.threads)
+        run["load_average_before_after"] = [load, os.getloadavg()]
+        result["runs"][f"K={k}"] = {**run, "scores": class_scores(job, sim, k)}
+        (out / "bench_composition.json").write_text(json.dumps(result, indent=2, default=str))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
