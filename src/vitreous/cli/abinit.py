@@ -80,8 +80,8 @@ def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datad
             job.save_checkpoint(CLASSES_CHECKPOINT, assignment.to_dict())
         else:
             assignment = Assignment.from_dict(saved)
-        posteriors = assignment.posteriors
-        labels = posteriors.argmax(1)
+        posteriors, labels = assignment.posteriors, assignment.labels
+        rotations, shifts_px = assignment.best_poses()
         refine_opts = refine_options(options)
         refined: list[RefineState | None] = []
         for k in range(K):
@@ -89,8 +89,8 @@ def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datad
             if len(members) < 2:
                 refined.append(None)
                 continue
-            subset = particles.subset(members).with_poses(rotations=assignment.rotations[members],
-                                                          shifts_angst=assignment.shifts_px[members] * pixel_size)
+            subset = particles.subset(members).with_poses(rotations=rotations[members],
+                                                          shifts_angst=shifts_px[members] * pixel_size)
             name = f"refine_class_{k + 1:03d}"
             saved = job.load_checkpoint(name) if job.resumed else None
             start = (RefineState.from_dict(saved) if saved is not None
@@ -203,9 +203,9 @@ def register(app: typer.Typer) -> None:
     @app.command(help="Ab initio 3D reconstruction without poses or reference: stochastic EM on mini-batches "
                       "from random maps (global pose search, resolution marching from --initial-resolution to "
                       "--final-resolution on Fourier-cropped images), then class and pose assignment of every "
-                      "particle (global search) and local gold-standard refinement of each class.  Writes OUT/map.mrc (K = 1) or "
-                      "OUT/class_001.mrc ..., half maps, *_initial.mrc (before refinement), particles.star "
-                      "(poses, rlnClassNumber), fsc.csv, report.html.")
+                      "particle (global search) and local gold-standard refinement of each class.  Writes "
+                      "OUT/map.mrc (K = 1) or OUT/class_001.mrc ..., half maps, *_initial.mrc (before "
+                      "refinement), particles.star (poses, rlnClassNumber), fsc.csv, report.html.")
     def abinit(
         particles: Annotated[Path, typer.Argument(help="Particles with CTF (.star, .cs, .pkl); poses ignored.")],
         out: OutDir,

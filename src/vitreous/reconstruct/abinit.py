@@ -345,8 +345,8 @@ def run_sgd(particles: ParticleSet, state: SGDState, options: AbinitOptions,
 
 @dataclass
 class Assignment:
-    """Stage 2 for every particle: class posteriors (N, K), and the best pose of the most probable class:
-    RELION matrices (N, 3, 3) and origins (N, 2) in pixels of the particles' box."""
+    """Stage 2 for every particle: class posteriors (N, K) and the best pose in each class: RELION matrices
+    (N, K, 3, 3) and origins (N, K, 2) in pixels of the particles' box."""
 
     posteriors: np.ndarray
     rotations: np.ndarray
@@ -359,6 +359,16 @@ class Assignment:
     def from_dict(cls, data: dict[str, Any]) -> Assignment:
         return cls(**data)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) the most probable class, 0-based."""
+        return self.posteriors.argmax(1)
+
+    def best_poses(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rotations (N, 3, 3) and origins (N, 2) px in each particle's most probable class."""
+        rows = np.arange(len(self.posteriors))
+        return self.rotations[rows, self.labels], self.shifts_px[rows, self.labels]
+
 
 def assign_classes(particles: ParticleSet, state: SGDState, options: AbinitOptions,
                    progress: Callable[[int], None] | None = None) -> Assignment:
@@ -370,17 +380,14 @@ def assign_classes(particles: ParticleSet, state: SGDState, options: AbinitOptio
     search = _search_options(radius, state.small_box, data.pixel_size, options)
     maps = torch.as_tensor(state.maps, device=device) * _mask(state.small_box, data.pixel_size, options, device)
     priors, sigma2 = torch.as_tensor(state.priors, device=device), torch.as_tensor(state.sigma2, device=device)
-    n = len(particles)
-    out = Assignment(np.zeros((n, options.classes), np.float32), np.zeros((n, 3, 3), np.float32),
-                     np.zeros((n, 2), np.float32))
+    n, K = len(particles), options.classes
+    out = Assignment(np.zeros((n, K), np.float32), np.zeros((n, K, 3, 3), np.float32), np.zeros((n, K, 2), np.float32))
     for part in batches(n, options.batch_size):
         spectra, ctf = data.read(part)
         poses = search_classes(maps, priors, spectra, ctf, sigma2, search)
-        best = poses.class_posteriors.argmax(1)
-        rows = torch.arange(len(part), device=device)
         out.posteriors[part] = poses.class_posteriors.cpu().numpy()
-        out.rotations[part] = poses.rotations[best, rows, 0].cpu().numpy()
-        out.shifts_px[part] = (poses.shifts[best, rows, 0] * (data.full_box / data.box)).cpu().numpy()
+        out.rotations[part] = poses.rotations[:, :, 0].transpose(0, 1).cpu().numpy()
+        out.shifts_px[part] = (poses.shifts[:, :, 0].transpose(0, 1) * (data.full_box / data.box)).cpu().numpy()
         if progress is not None:
             progress(len(part))
     return out
