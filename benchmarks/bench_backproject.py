@@ -4,18 +4,23 @@ One run (2 threads for every tool, ``harness.run_measured``):
 
 1. ``vitreous simulate``: ``--n`` particles (default 3000) of the closed adenylate kinase model, box 64,
    1.5 Å/px, SNR 0.1, defocus 1-2.5 µm; ground truth ``OUT/sim/truth/state_001.mrc``.
-2. ``vitreous backproject OUT/sim/particles.star`` (STAR in; map, half maps, FSC, report out).
+2. ``vitreous backproject OUT/sim/particles.star --compare TRUTH`` (STAR in; map, half maps, FSC, report
+   out; ``--compare`` adds the FSC against the truth of the full map before and after its solvent mask to
+   ``fsc.csv``, two 64^3 FSCs).
 3. cryoDRGN 4.3.1 (``peers.ensure_cryodrgn``) on the same STAR: ``parse_pose_star`` and ``parse_ctf_star``
    (timed separately), then ``backproject_voxel`` as a user runs it (default: half maps and its FSC curves)
    and with ``--no-fsc-vals``.  ``--skip-peer`` leaves cryoDRGN out.  Steps 2-3 are repeated ``--repeats``
    times, interleaved (every command once per round), so both tools see the same load on a shared machine;
    cryoDRGN's own timer (image loading + insertion) is kept per run.
 4. FSC against the truth of each tool's full map (and between each tool's half maps), with
-   :func:`vitreous.analysis.fsc.fsc_curve` for both: unmasked, and inside one soft spherical mask (radius
+   :func:`vitreous.analysis.fsc.fsc_curve` for both: as written, and inside one soft spherical mask (radius
    3D/8, edge D/10 px) applied to both maps.  Before that, the cryoDRGN map is checked for contrast sign
    (its data are inverted by default: negated if its correlation with the truth is negative) and origin
    (integer shift at the peak of its cross-correlation with the truth: rolled back if non-zero); the JSON
    records what was done.  FSC is scale-invariant, so the maps' different scales do not matter.
+   vitreous' ``map.mrc`` is written with its default solvent mask (flat to 0.45 D - 4 px, cosine edge to
+   0.45 D); cryoDRGN's map has none (it masks its images instead).  The FSC of vitreous' full map before its
+   mask, and of its half maps with and without the mask, are read from its ``fsc.csv``.
 5. Throughput in fresh processes (bounded memory: streamed batches): images/s of the forward model
    (``Projector.slices`` + origin shift + CTF + inverse FFT, i.e. ``Projector.project`` with the CTF, as
    ``vitreous.sim`` does) and of ``HalfSetBackprojector.add`` with CTF and shifts (plus its final
@@ -247,14 +252,26 @@ def _internal_s(run: dict[str, Any]) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def compare_tools(out: Path, star: Path, repeats: int, peer: bool) -> dict[str, Any]:
+def csv_resolutions(fsc_csv: Path) -> dict[str, float]:
+    """Resolution (Å) at FSC 0.5 and 0.143 of each curve in a ``vitreous backproject`` fsc.csv."""
+    import pandas as pd
+
+    from vitreous.analysis.fsc import resolution_at
+
+    table = pd.read_csv(fsc_csv)
+    return {f"{column}_{threshold}_A": resolution_at(table["frequency_invA"], table[column], threshold)
+            for column in table.columns if column.startswith("fsc") for threshold in (0.5, 0.143)}
+
+
+def compare_tools(out: Path, star: Path, truth: Path, repeats: int, peer: bool) -> dict[str, Any]:
     """``vitreous backproject`` and (``peer``) cryoDRGN's parse + backproject_voxel steps, interleaved.
 
     Each repeat runs every command once (vitreous, parse_pose_star, parse_ctf_star, backproject_voxel as a
     user runs it, then with ``--no-fsc-vals``), so that both tools see the same (shared-machine) load.
     """
     logs = out / "logs"
-    ours_cmd = [*vitreous_exe(), "backproject", str(star), "-o", str(out / "vitreous_bp"), "--overwrite"]
+    ours_cmd = [*vitreous_exe(), "backproject", str(star), "-o", str(out / "vitreous_bp"), "--compare", str(truth),
+                "--overwrite"]
     runs: dict[str, list[dict[str, Any]]] = {"vitreous": []}
     first: dict[str, Any] = {}
     for r in range(repeats):
@@ -350,10 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     result["simulate"] = simulate(out, a.n)
     star, truth = out / "sim" / "particles.star", out / "sim" / "truth" / "state_001.mrc"
     bp = out / "vitreous_bp"
-    timed = compare_tools(out, star, a.repeats, peer=not a.skip_peer)
+    timed = compare_tools(out, star, truth, a.repeats, peer=not a.skip_peer)
     run = timed["vitreous"]
     result["vitreous"] = {"run": run, "quality": map_quality(
-        bp / "map.mrc", [bp / "half_map_1.mrc", bp / "half_map_2.mrc"], truth, align=False)}
+        bp / "map.mrc", [bp / "half_map_1.mrc", bp / "half_map_2.mrc"], truth, align=False),
+        "fsc_csv": csv_resolutions(bp / "fsc.csv")}
     if not a.skip_peer:
         result["cryodrgn"] = peer = timed["cryodrgn"]
         peer["quality"] = map_quality(peer["map"], peer["half_maps"], truth, align=True)
@@ -385,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         q = result["cryodrgn"]["quality"]["alignment"]
         print(f"cryoDRGN map: correlation with truth {q['correlation_with_truth']:.3f} "
               f"({'negated' if q['negated'] else 'kept'}), origin shift undone {q['shift_undone_zyx_px']}")
+    own = result["vitreous"]["fsc_csv"]
+    print(f"vitreous fsc.csv: full map before its mask vs truth FSC=0.5 {own['fsc_vs_reference_0.5_A']:.2f} Å, "
+          f"0.143 {own['fsc_vs_reference_0.143_A']:.2f} Å; half maps {own['fsc_half_maps_0.143_A']:.2f} Å "
+          f"(masked {own['fsc_half_maps_masked_0.143_A']:.2f} Å) at 0.143")
     harness.write_json(out / "bench_backproject.json", result)
     print(f"wrote {out / 'bench_backproject.json'}")
     return 0

@@ -1,5 +1,5 @@
-"""``vitreous backproject``: outputs (maps, FSC table, report, job record), reruns, and bad input that leaves
-earlier outputs untouched."""
+"""``vitreous backproject``: outputs (masked map, unfiltered half maps, FSC table, report, job record), reruns,
+symmetry, and bad input that leaves earlier outputs untouched."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from vitreous.data.particles import DEFOCUS, ParticleSet
 from vitreous.io.mrc import read_map, write_map
 from vitreous.io.star import read_star, write_star
 from vitreous.jobs import Job
+from vitreous.reconstruct.backproject import MASK_EDGE_PX, solvent_mask
 from vitreous.sim.particles import Acquisition, simulate_stack
 from vitreous.sim.truth import models_truth
 
@@ -86,21 +87,34 @@ def test_rerun_needs_overwrite_and_writes_outputs(vitreous, simulated: Path, fin
             maps[name] = np.array(mrc.data)
     assert not np.array_equal(maps["half_map_1.mrc"], maps["half_map_2.mrc"])
 
+    # map.mrc is masked (default: the mask ends at 90 % of the box); the half maps are not
+    mask = solvent_mask(box, APIX)
+    k = np.arange(box) - box // 2
+    radius = np.sqrt(sum(g**2 for g in np.meshgrid(k, k, k, indexing="ij")))
+    assert (maps["map.mrc"][radius >= 0.45 * box] == 0).all()
+    assert (maps["half_map_1.mrc"][radius >= 0.45 * box] != 0).mean() > 0.99
+
     table = pd.read_csv(out / "fsc.csv")
-    assert list(table.columns) == ["frequency_invA", "resolution_A", "fsc_half_maps", "fsc_vs_reference"]
+    curves = ["fsc_half_maps", "fsc_half_maps_masked", "fsc_vs_reference", "fsc_vs_reference_masked"]
+    assert list(table.columns) == ["frequency_invA", "resolution_A", *curves]
     assert len(table) == box // 2 + 1
     np.testing.assert_allclose(table["frequency_invA"], np.arange(box // 2 + 1) / (box * APIX))
     np.testing.assert_allclose(table["resolution_A"][1:], 1 / table["frequency_invA"][1:])
-    np.testing.assert_allclose(table["fsc_vs_reference"], fsc_curve(maps["map.mrc"], read_map(truth)[0])[1],
+    halves, reference = (maps["half_map_1.mrc"], maps["half_map_2.mrc"]), read_map(truth)[0]
+    np.testing.assert_allclose(table["fsc_half_maps"], fsc_curve(*halves)[1], atol=1e-6)
+    np.testing.assert_allclose(table["fsc_half_maps_masked"], fsc_curve(*halves, mask=mask)[1], atol=1e-6)
+    np.testing.assert_allclose(table["fsc_vs_reference_masked"], fsc_curve(maps["map.mrc"], reference * mask)[1],
                                atol=1e-6)
     assert table["fsc_vs_reference"][1:4].min() > 0.9  # the reconstruction is of the simulated particle
+    # the mask removes noise, not signal
+    assert (table["fsc_half_maps_masked"][1:] >= table["fsc_half_maps"][1:] - 0.02).all()
     # the printed resolutions are those of the table's curves
     printed = dict(line.rsplit(": ", 1) for line in outcome.err.splitlines() if line.startswith("FSC="))
-    for column, name in (("fsc_half_maps", "half maps"), ("fsc_vs_reference", "vs reference")):
+    for column in curves:
         for threshold in ("0.5", "0.143"):
-            key = next(k for k in printed if k.startswith(f"FSC={threshold} ") and name in k)
+            what = column.removeprefix("fsc_").replace("_", " ")
             expected = resolution_at(table["frequency_invA"], table[column], float(threshold))
-            assert float(printed[key]) == pytest.approx(expected, rel=1e-3)
+            assert float(printed[f"FSC={threshold} ({what}, Å)"]) == pytest.approx(expected, rel=1e-3)
 
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 3 and "run.log" in report
@@ -112,6 +126,24 @@ def test_no_ctf_option_reconstructs_particles_without_ctf(vitreous, inputs: Path
     assert read_map(tmp_path / "bp" / "map.mrc")[0].shape[0] == read_star(inputs / "no_ctf.star").box
 
 
+def test_symmetry_and_mask_diameter(vitreous, simulated: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c2"
+    outcome = vitreous("backproject", simulated / "particles.star", "-o", out, "--symmetry", "c2",
+                       "--mask-diameter", 45)
+    assert outcome.code == 0, outcome
+    params = json.loads((out / "job.json").read_text())["params"]
+    assert params["symmetry"] == "C2" and params["mask_diameter_A"] == 45
+    volume = read_map(out / "map.mrc")[0]
+    box = volume.shape[0]
+    # a half turn about z through voxel D//2 (rows 1 .. D-1 are centred on it) leaves the map as it is
+    inner = volume[:, 1:, 1:]
+    assert np.abs(np.rot90(inner, 2, axes=(1, 2)) - inner).max() < 1e-5 * np.abs(inner).max()
+    k = np.arange(box) - box // 2
+    radius = np.sqrt(sum(g**2 for g in np.meshgrid(k, k, k, indexing="ij")))
+    assert (volume[radius >= 45 / (2 * APIX) + MASK_EDGE_PX] == 0).all()
+    assert "symmetry: C2" in outcome.err
+
+
 BAD_INPUT = {
     "particles without ctf": (["{inputs}/no_ctf.star"], ["no_ctf.star", "no CTF", "--no-ctf"]),
     "one half set": (["{inputs}/one_half.star"], ["half set is empty"]),
@@ -121,6 +153,9 @@ BAD_INPUT = {
     "compare missing": (["{sim}/particles.star", "--compare", "{inputs}/absent.mrc"], ["absent.mrc", "not found"]),
     "particles missing": (["{inputs}/absent.star"], ["absent.star"]),
     "batch size": (["{sim}/particles.star", "--batch-size", "0"], ["--batch-size >= 1"]),
+    "unknown symmetry": (["{sim}/particles.star", "--symmetry", "X3"], ["unknown symmetry 'X3'", "Cn"]),
+    "improper symmetry": (["{sim}/particles.star", "--symmetry", "C4v"], ["'C4v'", "mirror", "C4"]),
+    "mask diameter": (["{sim}/particles.star", "--mask-diameter", "-10"], ["--mask-diameter must be positive"]),
 }
 
 
