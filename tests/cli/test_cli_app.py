@@ -17,13 +17,13 @@ def test_app_help_lists_every_command(vitreous) -> None:
     outcome = vitreous("--help")
     assert outcome.code == 0
     for command in COMMANDS:
-        assert command in outcome.out
+        assert command.replace("_", "-") in outcome.out
     assert "Å" in outcome.out and "1-based" in outcome.out
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_command_help_explains_units(vitreous, command: str) -> None:
-    outcome = vitreous(command, "--help")
+    outcome = vitreous(command.replace("_", "-"), "--help")
     assert outcome.code == 0 and "Usage" in outcome.out
     assert "Å" in outcome.out
 

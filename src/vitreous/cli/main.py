@@ -15,7 +15,8 @@ from vitreous.errors import InputError
 
 # modules of vitreous.cli, each with register(app) adding the command of the same name with '-' for '_';
 # order of --help
-COMMANDS = ("info", "convert", "simulate", "backproject", "refine", "abinit", "classify3d", "fsc", "demo")
+COMMANDS = ("info", "convert", "simulate", "backproject", "refine", "abinit", "classify3d", "train_vae", "train_field",
+            "eval_vol", "analyze", "fsc", "demo")
 
 app = typer.Typer(
     name="vitreous",
