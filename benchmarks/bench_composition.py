@@ -11,11 +11,14 @@ One run (``--threads`` for every command, default 2; ``harness.run_measured``):
    than 2 %), and for each class holding more than 2 %: the protein most of its particles are, and its map's
    FSC against that protein's truth after overlay (``align_map``, either hand), against the known-pose map's.
 
-Targets (issue 6, measured here with the classical ab initio): K = 3 ARI >= 0.9 and each class within 1.5x of
+``--command abinit-neural`` runs the neural mixture (issue 6) instead of the classical ab initio (issue 4).
+Targets (issue 6): K = 3 ARI >= 0.9 and each class within 1.5x of
 its protein's known-pose FSC = 0.5; K = 5 at most 3 classes above 2 %.  Prints a table and writes
-``OUT/bench_composition.json``::
+``OUT/bench_composition_COMMAND.json``::
 
     .venv/bin/python benchmarks/bench_composition.py --out /tmp/bench_composition
+    .venv/bin/python benchmarks/bench_composition.py --out /tmp/bench_composition --command abinit-neural \
+        --extra "--epochs 4"
 """
 
 from __future__ import annotations
@@ -108,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=9000, help="particles to simulate (equal thirds)")
     parser.add_argument("--classes", type=int, nargs="+", default=[3, 5], help="values of K to run")
     parser.add_argument("--threads", type=int, default=harness.DEFAULT_THREADS, help="threads of every command")
+    parser.add_argument("--command", default="abinit", choices=["abinit", "abinit-neural"],
+                        help="the classical ab initio, or it followed by the mixture of neural fields")
+    parser.add_argument("--extra", default="", help="more options for the command (one string)")
     args = parser.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -121,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     star = unposed(sim / "particles.star", out / "unposed.star")
     result: dict[str, Any] = {"n": args.n, "box": BOX, "apix": APIX, "snr": SNR, "threads": args.threads,
                               "known": known_pose_maps(sim, out, args.threads), "runs": {}}
+    name = args.command.replace("-", "_")
     for k in args.classes:
-        job = out / f"abinit_K{k}"
+        job = out / f"{name}_K{k}"
         load = os.getloadavg()
-        run = measured([*exe, "abinit", str(star), "--classes", str(k), "-o", str(job), "--overwrite"],
-                       out / f"abinit_K{k}.log", args.threads)
+        run = measured([*exe, args.command, str(star), "--classes", str(k), *args.extra.split(), "-o", str(job),
+                        "--overwrite"], out / f"{name}_K{k}.log", args.threads)
         run["load_average_before_after"] = [load, os.getloadavg()]
-        result["runs"][f"K={k}"] = {**run, "scores": class_scores(job, sim, k)}
-        (out / "bench_composition.json").write_text(json.dumps(result, indent=2, default=str))
+        result["runs"][f"{args.command} K={k}"] = {**run, "scores": class_scores(job, sim, k)}
+        (out / f"bench_composition_{name}.json").write_text(json.dumps(result, indent=2, default=str))
     print(table(result))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from vitreous.data.particles import ParticleSet
-    from vitreous.reconstruct.abinit import AbinitOptions, SGDState
+    from vitreous.reconstruct.abinit import AbinitOptions, Assignment, SGDState
     from vitreous.reconstruct.refine import RefineState
     from vitreous.report import Report
 
@@ -27,20 +28,23 @@ def _map_name(k: int, classes: int, suffix: str = "") -> str:
     return f"map{suffix}.mrc" if classes == 1 else f"class_{k + 1:03d}{suffix}.mrc"
 
 
-def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datadir: Path | None = None,
-               apix: float | None = None, resume: bool = False, overwrite: bool = False,
-               reference: Path | None = None) -> Path:
-    """Ab initio into the job folder ``out``; returns the folder.  Inputs are checked first.
+@dataclass
+class AbinitResult:
+    """The three stages' outcome: stage-1 state, stage-2 assignment, stage-3 refinement per class (None for
+    a class with fewer than 2 particles)."""
 
-    With a ``reference`` map, the classes start from it (``vitreous classify3d --realign``) instead of noise."""
-    from dataclasses import asdict
+    state: SGDState
+    assignment: Assignment
+    refined: list[RefineState | None]
 
+
+def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np.ndarray | None = None,
+                  ) -> AbinitResult:
+    """Run (or resume from the checkpoints of ``job``) the three ab initio stages; writes the stage-1 maps."""
     import numpy as np
 
     from vitreous.cli.progress import progress_bar
-    from vitreous.io.formats import read_particles
     from vitreous.io.mrc import write_map
-    from vitreous.jobs import Job
     from vitreous.reconstruct.abinit import (
         Assignment,
         SGDState,
@@ -49,7 +53,57 @@ def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datad
         refine_options,
         run_sgd,
     )
-    from vitreous.reconstruct.refine import RefineState, check_particles, initial_state, refine
+    from vitreous.reconstruct.refine import RefineState, initial_state, refine
+
+    box, pixel_size = particles.box, particles.single_pixel_size()
+    K = options.classes
+    saved = job.load_checkpoint(SGD_CHECKPOINT) if job.resumed else None
+    state = SGDState.from_dict(saved) if saved is not None else initial_sgd_state(particles, options, start)
+    if state.iteration:
+        console.err.print(f"resuming after mini-batch {state.iteration}", markup=False)
+    with progress_bar(options.iterations - state.iteration, "ab initio (stochastic EM)") as advance:
+        state = run_sgd(particles, state, options, lambda s: job.save_checkpoint(SGD_CHECKPOINT, s.to_dict()),
+                        advance)
+    initial = state.full_maps(box)
+    for k in range(K):
+        write_map(job.path(_map_name(k, K, "_initial")), initial[k], pixel_size)
+    saved = job.load_checkpoint(CLASSES_CHECKPOINT) if job.resumed else None
+    if saved is None:
+        with progress_bar(len(particles), "class and pose assignment") as advance:
+            assignment = assign_classes(particles, state, options, advance)
+        job.save_checkpoint(CLASSES_CHECKPOINT, assignment.to_dict())
+    else:
+        assignment = Assignment.from_dict(saved)
+    rotations, shifts_px = assignment.best_poses()
+    refine_opts = refine_options(options)
+    refined: list[RefineState | None] = []
+    for k in range(K):
+        members = np.nonzero(assignment.labels == k)[0]
+        if len(members) < 2:
+            refined.append(None)
+            continue
+        subset = particles.subset(members).with_poses(rotations=rotations[members],
+                                                      shifts_angst=shifts_px[members] * pixel_size)
+        name = f"refine_class_{k + 1:03d}"
+        saved = job.load_checkpoint(name) if job.resumed else None
+        begin = RefineState.from_dict(saved) if saved is not None else initial_state(subset, initial[k], refine_opts)
+        refined.append(refine(subset, begin, refine_opts,
+                              on_iteration=lambda s, name=name: job.save_checkpoint(name, s.to_dict()),
+                              progress=lambda text, n, k=k: progress_bar(n, f"class {k + 1}: {text}")))
+    return AbinitResult(state, assignment, refined)
+
+
+def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datadir: Path | None = None,
+               apix: float | None = None, resume: bool = False, overwrite: bool = False,
+               reference: Path | None = None) -> Path:
+    """Ab initio into the job folder ``out``; returns the folder.  Inputs are checked first.
+
+    With a ``reference`` map, the classes start from it (``vitreous classify3d --realign``) instead of noise."""
+    from dataclasses import asdict
+
+    from vitreous.io.formats import read_particles
+    from vitreous.jobs import Job
+    from vitreous.reconstruct.refine import check_particles
 
     particles = read_particles(particles_path, datadir=datadir, apix=apix)
     box, pixel_size = check_particles(particles)
@@ -59,46 +113,12 @@ def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datad
         from vitreous.cli.refine import load_reference
 
         start = load_reference(reference, box, pixel_size)
-    K = options.classes
     command, inputs = ("abinit", [particles_path]) if reference is None else ("classify3d", [particles_path, reference])
     with Job.open(out, command=command, params={**asdict(options), "apix": apix, "realign": reference is not None},
                   inputs=inputs, overwrite=overwrite, resume=resume) as job:
-        saved = job.load_checkpoint(SGD_CHECKPOINT) if job.resumed else None
-        state = SGDState.from_dict(saved) if saved is not None else initial_sgd_state(particles, options, start)
-        if state.iteration:
-            console.err.print(f"resuming after mini-batch {state.iteration}", markup=False)
-        with progress_bar(options.iterations - state.iteration, "ab initio (stochastic EM)") as advance:
-            state = run_sgd(particles, state, options, lambda s: job.save_checkpoint(SGD_CHECKPOINT, s.to_dict()),
-                            advance)
-        initial = state.full_maps(box)
-        for k in range(K):
-            write_map(job.path(_map_name(k, K, "_initial")), initial[k], pixel_size)
-        saved = job.load_checkpoint(CLASSES_CHECKPOINT) if job.resumed else None
-        if saved is None:
-            with progress_bar(len(particles), "class and pose assignment") as advance:
-                assignment = assign_classes(particles, state, options, advance)
-            job.save_checkpoint(CLASSES_CHECKPOINT, assignment.to_dict())
-        else:
-            assignment = Assignment.from_dict(saved)
-        posteriors, labels = assignment.posteriors, assignment.labels
-        rotations, shifts_px = assignment.best_poses()
-        refine_opts = refine_options(options)
-        refined: list[RefineState | None] = []
-        for k in range(K):
-            members = np.nonzero(labels == k)[0]
-            if len(members) < 2:
-                refined.append(None)
-                continue
-            subset = particles.subset(members).with_poses(rotations=rotations[members],
-                                                          shifts_angst=shifts_px[members] * pixel_size)
-            name = f"refine_class_{k + 1:03d}"
-            saved = job.load_checkpoint(name) if job.resumed else None
-            start = (RefineState.from_dict(saved) if saved is not None
-                     else initial_state(subset, initial[k], refine_opts))
-            refined.append(refine(subset, start, refine_opts,
-                                  on_iteration=lambda s, name=name: job.save_checkpoint(name, s.to_dict()),
-                                  progress=lambda text, n, k=k: progress_bar(n, f"class {k + 1}: {text}")))
-        _write_results(job, particles, state, posteriors, refined, options, pixel_size)
+        result = abinit_stages(job, particles, options, start)
+        _write_results(job, particles, result.state, result.assignment.posteriors, result.refined, options,
+                       pixel_size)
     return out
 
 

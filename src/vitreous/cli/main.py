@@ -16,7 +16,7 @@ from vitreous.errors import InputError
 # modules of vitreous.cli, each with register(app) adding the command of the same name with '-' for '_';
 # order of --help
 COMMANDS = ("info", "convert", "simulate", "backproject", "refine", "abinit", "classify3d", "train_vae", "train_field",
-            "eval_vol", "analyze", "fsc", "demo")
+            "abinit_neural", "eval_vol", "analyze", "fsc", "demo")
 
 app = typer.Typer(
     name="vitreous",

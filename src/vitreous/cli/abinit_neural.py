@@ -1,0 +1,250 @@
+"""``vitreous abinit-neural``: poses, classes and conformations from particles without poses: the ab initio
+stages of ``vitreous abinit`` (same pose-search engine), then a mixture of K neural fields (Hydra-style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from vitreous.cli import console
+from vitreous.cli.options import Apix, Datadir, OutDir, Overwrite, Resume
+from vitreous.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from vitreous.cli.abinit import AbinitResult
+    from vitreous.data.particles import ParticleSet
+    from vitreous.neural.data import ParticleBatches
+    from vitreous.neural.mixture import MixtureOptions, MixtureState
+    from vitreous.reconstruct.abinit import AbinitOptions
+    from vitreous.report import Report
+
+CHECKPOINT = "mixture"
+
+
+def _class_name(k: int, suffix: str = ".mrc") -> str:
+    return f"class_{k + 1:03d}{suffix}"
+
+
+def starting_mixture(particles: ParticleSet, result: AbinitResult, data: ParticleBatches, zdim: int,
+                     seed: int) -> MixtureState:
+    """The mixture's start: each class's base map from its refined (else stage-1) map, each particle's pose in
+    its assigned class from refinement and in the others from the stage-2 search, stage-2 responsibilities."""
+    import numpy as np
+    import torch
+
+    from vitreous.neural.mixture import initial_mixture
+    from vitreous.neural.model import ModelConfig
+    from vitreous.physics.fourier import fourier_crop
+
+    box = particles.box
+    assignment = result.assignment
+    rotations, shifts = assignment.rotations.copy(), assignment.shifts_px.copy()
+    initial = result.state.full_maps(box)
+    volumes = []
+    for k, refined in enumerate(result.refined):
+        members = np.nonzero(assignment.labels == k)[0]
+        if refined is not None:
+            rotations[members, k], shifts[members, k] = refined.rotations, refined.shifts_px
+        volume = torch.as_tensor(refined.full_map if refined is not None else initial[k])
+        if data.box != box:
+            volume = fourier_crop(volume, data.box, ndim=3) * (box / data.box)
+        volumes.append(volume / data.scale)
+    return initial_mixture(data, ModelConfig(box=data.box, zdim=zdim), volumes, rotations,
+                           shifts * (data.box / box), assignment.posteriors, seed)
+
+
+def run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, neural: MixtureOptions, *,
+                      zdim: int = 0, downsample: int | None = None, datadir: Path | None = None,
+                      apix: float | None = None, resume: bool = False, overwrite: bool = False) -> Path:
+    """Ab initio + neural mixture into the job folder ``out``; returns the folder.  Inputs are checked first."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from vitreous.cli.abinit import abinit_stages
+    from vitreous.cli.train_vae import training_progress
+    from vitreous.io.formats import read_particles
+    from vitreous.jobs import Job
+    from vitreous.neural.data import ParticleBatches
+    from vitreous.neural.mixture import MixtureState, encode_classes, train_mixture
+    from vitreous.reconstruct.refine import check_particles
+
+    particles = read_particles(particles_path, datadir=datadir, apix=apix)
+    box, _ = check_particles(particles)
+    options.check(particles)
+    if zdim < 0:
+        raise InputError(None, f"--zdim must be 0 or more, not {zdim}", "give 0 (homogeneous classes) or more")
+    if downsample is not None and not 8 <= downsample <= box:
+        raise InputError(None, f"--downsample {downsample} for {box}-px particles", f"give 8 .. {box}")
+    params = {**asdict(options), "neural": asdict(neural), "zdim": zdim, "downsample": downsample, "apix": apix}
+    with Job.open(out, command="abinit-neural", params=params, inputs=[particles_path], overwrite=overwrite,
+                  resume=resume) as job:
+        result = abinit_stages(job, particles, options)
+        n = len(particles)
+        unposed = particles.with_poses(rotations=np.tile(np.eye(3), (n, 1, 1)), shifts_angst=np.zeros((n, 2)))
+        data = ParticleBatches(unposed, box=downsample, device=neural.train.device)
+        saved = job.load_checkpoint(CHECKPOINT) if job.resumed else None
+        state = (MixtureState.from_dict(saved) if saved is not None
+                 else starting_mixture(particles, result, data, zdim, neural.train.seed))
+        remaining = (neural.train.epochs - state.epoch) * n
+        with training_progress(remaining) as update:
+            models, state = train_mixture(data, state, neural, lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()),
+                                          lambda images, loss: update(images, _Terms(loss), 0.0))
+        latents = encode_classes(models, data)
+        _write_results(job, particles, data, models, state, latents)
+    return out
+
+
+class _Terms:
+    """What the training progress bar reads from a batch (the loss; no per-point error or KL here)."""
+
+    def __init__(self, loss: float) -> None:
+        import torch
+
+        self.total = self.error = torch.tensor(loss)
+
+
+def _write_results(job, particles: ParticleSet, data: ParticleBatches, models, state: MixtureState,
+                   latents: np.ndarray) -> None:
+    import numpy as np
+    import torch
+
+    from vitreous.io.mrc import write_map
+    from vitreous.io.star import write_star
+    from vitreous.neural.trained import intensity_factor, save_weights
+
+    K, n = len(models), len(particles)
+    labels = state.responsibilities.argmax(1)
+    rows = np.arange(n)
+    factor = data.pixel_size  # Å per training-box pixel
+    out = particles.with_poses(rotations=state.rotations[rows, labels],
+                               shifts_angst=state.shifts_px[rows, labels] * factor)
+    columns = {"rlnClassNumber": labels + 1, **{f"vtsClassProbability{k + 1}": state.responsibilities[:, k]
+                                                 for k in range(K)}}
+    out = out.with_columns(**columns)
+    if state.config.zdim:
+        out = out.with_latents(latents[rows, labels])
+    write_star(job.path("particles.star"), out)
+    _save_npy(job.path("z.npy"), latents)
+    for k in range(K):  # per class, what `vitreous analyze OUT --class k` reads
+        members = np.nonzero(labels == k)[0]
+        write_star(job.path(_class_name(k, "_particles.star")), out.subset(members))
+        _save_npy(job.path(_class_name(k, "_z.npy")), latents[members, k])
+    intensity = intensity_factor(state.scale, data.box, data.original_box)
+    zero = torch.zeros((1, state.config.zdim)) if state.config.zdim else None
+    maps = []
+    with torch.no_grad():
+        for k, model in enumerate(models):
+            model = model.cpu().eval()
+            maps.append(model.decoder.volumes(zero, 1)[0].float().numpy() * intensity)
+            write_map(job.path(_class_name(k)), maps[-1], data.pixel_size)
+            save_weights(job.path(_class_name(k, "_weights.pt")), model, scale=state.scale,
+                         pixel_size=data.pixel_size, original_box=data.original_box)
+    sizes = np.bincount(labels, minlength=K)
+    job.write_report(_report(particles, state, maps, sizes, data.pixel_size))
+    for k in range(K):
+        console.err.print(f"class {k + 1}: {sizes[k]} particles ({100 * sizes[k] / n:.1f}%)", markup=False)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    import numpy as np
+
+    from vitreous.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
+
+
+def _report(particles: ParticleSet, state: MixtureState, maps: list, sizes, pixel_size: float) -> Report:
+    import numpy as np
+    import pandas as pd
+
+    from vitreous.physics.rotations import matrix_to_euler
+    from vitreous.report import Report
+    from vitreous.report.figures import map_views, orientation_plot
+    from vitreous.report.imaging import new_figure
+
+    report = Report("Neural ab initio: mixture of neural fields", particles.source)
+    n = int(sizes.sum())
+    report.section("Classes").table(pd.DataFrame({"class": np.arange(1, len(sizes) + 1), "particles": sizes,
+                                                  "fraction": sizes / n}),
+                                    "Particles per class (most probable class of the mixture)")
+    fig = new_figure(8, 3.2)
+    left, right = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in state.history]
+    left.plot(epochs, [h["loss"] for h in state.history], marker="o")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss per image")
+    fractions = np.array([h["class_fractions"] for h in state.history])
+    for k in range(fractions.shape[1]):
+        right.plot(epochs, fractions[:, k], marker="o", label=f"class {k + 1}")
+    right.set_xlabel("epoch")
+    right.set_ylabel("fraction of particles")
+    right.legend(fontsize=8)
+    report.figure(fig, f"Training: loss and class sizes ({state.seconds:.0f} s, of which pose search "
+                       f"{state.search_seconds:.0f} s)")
+    for k, volume in enumerate(maps):
+        report.section(f"Class {k + 1}").figure(map_views(volume, pixel_size), "Map at z = 0: slices, projections")
+    labels = state.responsibilities.argmax(1)
+    rotations = state.rotations[np.arange(len(labels)), labels]
+    euler = np.asarray(matrix_to_euler(rotations.astype(np.float64)))
+    report.section("Orientations").figure(orientation_plot(euler), "Orientations in the most probable class")
+    return report
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``abinit-neural`` to the app."""
+
+    @app.command("abinit-neural", help="Poses, classes and conformations without poses or reference: the ab initio "
+                                       "stages of `vitreous abinit` (stochastic EM with global pose search, "
+                                       "class and pose assignment, refinement per class), then a mixture of K "
+                                       "neural fields (one VAE per class: encoder and latent-conditioned voxel "
+                                       "decoder) trained on the mixture likelihood, with a pose for every "
+                                       "particle in every class refreshed by local search.  Writes OUT/"
+                                       "class_001.mrc ... (z = 0; voxel size in Å), class_00k_weights.pt, z.npy "
+                                       "(N x K x Z), particles.star (poses, rlnClassNumber, vtsClassProbabilityK, "
+                                       "latents vtsLatent* of the most probable class), per class "
+                                       "class_00k_particles.star and class_00k_z.npy (its particles), "
+                                       "report.html.")
+    def abinit_neural(
+        particles: Annotated[Path, typer.Argument(help="Particles with CTF (.star, .cs, .pkl); poses ignored.")],
+        out: OutDir,
+        classes: Annotated[int, typer.Option("--classes", "-K", help="Number of neural fields (classes).")] = 1,
+        zdim: Annotated[int, typer.Option("--zdim", help="Latent dimension per class (0: homogeneous).")] = 0,
+        epochs: Annotated[int, typer.Option("--epochs", help="Epochs of mixture training.")] = 10,
+        downsample: Annotated[int | None, typer.Option(
+            "--downsample", metavar="BOX", help="Train at this box (Fourier cropping).")] = None,
+        search_every: Annotated[int, typer.Option(
+            "--search-every", help="Local pose search every this many epochs (0: never).")] = 2,
+        iterations: Annotated[int, typer.Option("--iterations", help="Mini-batches of stochastic EM.")] = 40,
+        final_resolution: Annotated[float, typer.Option(
+            "--final-resolution", metavar="Å", help="Resolution compared at the end of stochastic EM.")] = 12.0,
+        refine_iterations: Annotated[int, typer.Option(
+            "--refine-iterations", help="Refinement iterations per class before the neural stage.")] = 6,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Images per training step.")] = 64,
+        max_seconds: Annotated[float | None, typer.Option(
+            "--max-seconds", help="Stop the neural training after this many seconds.")] = None,
+        datadir: Datadir = None,
+        apix: Apix = None,
+        device: Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1 ...")] = "cpu",
+        seed: Annotated[int, typer.Option("--seed", help="Seed of all random choices.")] = 0,
+        resume: Resume = False,
+        overwrite: Overwrite = False,
+    ) -> None:
+        from vitreous.neural.mixture import MixtureOptions
+        from vitreous.neural.train import TrainOptions
+        from vitreous.reconstruct.abinit import AbinitOptions
+
+        if min(epochs, batch_size) < 1 or min(search_every, refine_iterations) < 0:
+            raise InputError(None, "--epochs and --batch-size must be at least 1, --search-every and "
+                             "--refine-iterations 0 or more", "fix the options")
+        options = AbinitOptions(classes=classes, iterations=iterations, final_resolution_A=final_resolution,
+                                refine_iterations=refine_iterations, device=device, seed=seed)
+        neural = MixtureOptions(train=TrainOptions(epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+                                                   max_seconds=max_seconds), search_every=search_every)
+        run_abinit_neural(particles, out, options, neural, zdim=zdim, downsample=downsample, datadir=datadir,
+                          apix=apix, resume=resume, overwrite=overwrite)

@@ -1,0 +1,90 @@
+"""``vitreous abinit-neural``: a complete job (ab initio stages, then the mixture of neural fields) with classes
+and latents, resuming the neural stage, and bad input.  Data: 200 particles, closed and open adenylate kinase
+alternating (box 24, 4 Å/px, SNR 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vitreous.data.particles import EULER, SHIFTS
+from vitreous.io.mrc import read_map
+from vitreous.io.star import read_star, write_star
+from vitreous.neural import mixture as mixture_module
+from vitreous.sim.particles import Acquisition, simulate_stack
+from vitreous.sim.truth import models_truth
+
+ADK = Path(__file__).resolve().parents[3] / "shared" / "data" / "structures" / "adk"
+APIX, BOX, N = 4.0, 24, 200
+FAST = ("--classes", "2", "--zdim", "1", "--iterations", "3", "--refine-iterations", "1", "--final-resolution", "16",
+        "--epochs", "2", "--search-every", "1", "--batch-size", "50")
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not ADK.is_dir():
+        pytest.skip("shared data not available")
+    out = tmp_path_factory.mktemp("abinit_neural_cli")
+    volumes = models_truth([ADK / "adk_closed.pdb", ADK / "adk_open.pdb"], BOX, APIX).volumes
+    acquisition = Acquisition(apix=APIX, snr=1.0, astigmatism_A=300.0, shift_sd_px=0.5, seed=9)
+    particles = simulate_stack(volumes, np.arange(N) % 2, out / "particles.mrcs", acquisition)
+    write_star(out / "particles.star", particles)
+    return out
+
+
+def test_abinit_neural_writes_classes_poses_and_latents(vitreous, simulated: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "job"
+    real = mixture_module.refresh_poses
+    calls: list[int] = []
+    monkeypatch.setattr(mixture_module, "refresh_poses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = vitreous("abinit-neural", simulated / "particles.star", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    assert calls == [1]  # epoch 2 starts with a local pose search
+    for name in ("class_001.mrc", "class_002.mrc", "class_001_weights.pt", "class_001_initial.mrc", "z.npy",
+                 "particles.star", "report.html", "job.json", "checkpoints/mixture.pt", "checkpoints/sgd.pt",
+                 "class_001_particles.star", "class_002_z.npy"):
+        assert (out / name).is_file(), name
+    volume, voxel = read_map(out / "class_002.mrc")
+    assert volume.shape == (BOX,) * 3 and voxel == pytest.approx(APIX) and volume.std() > 0
+    assert np.load(out / "z.npy").shape == (N, 2, 1)
+    table = read_star(out / "particles.star").particles
+    assert {*EULER, *SHIFTS, "rlnClassNumber", "vtsClassProbability1", "vtsClassProbability2",
+            "vtsLatent1"} <= set(table.columns)
+    probabilities = table[["vtsClassProbability1", "vtsClassProbability2"]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-4)
+    assert (probabilities.argmax(1) + 1 == table["rlnClassNumber"].to_numpy()).all()
+    record = json.loads((out / "job.json").read_text())
+    assert record["command"] == "abinit-neural" and record["status"] == "finished"
+    saved = torch.load(out / "checkpoints/mixture.pt", weights_only=False)
+    assert saved["epoch"] == 2 and len(saved["history"]) == 2 and saved["search_seconds"] > 0
+    assert "mixture of neural fields" in (out / "report.html").read_text()
+
+    # each class is a model that `vitreous analyze` / `eval-vol` read with --class
+    members = int((table["rlnClassNumber"] == 1).sum())
+    assert np.load(out / "class_001_z.npy").shape == (members, 1)
+    assert len(read_star(out / "class_001_particles.star", load_images=False)) == members
+    analyzed = vitreous("analyze", out, "--class", "1", "--kmeans", "2", "--pc", "1", "--no-umap")
+    assert analyzed.code == 0, analyzed.err
+    assert (out / "analysis_class_001" / "pc1" / "vol_000.mrc").is_file()
+    vols = vitreous("eval-vol", out, "--class", "2", "--z-values", "0;1", "-o", tmp_path / "vols")
+    assert vols.code == 0, vols.err
+    assert read_map(tmp_path / "vols" / "vol_001.mrc")[0].shape == (BOX,) * 3
+    vitreous("eval-vol", out, "--z-values", "0", "-o", tmp_path / "none").assert_error("--class")
+    vitreous("eval-vol", out, "--class", "3", "--z-values", "0", "-o", tmp_path / "none").assert_error("class 3")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--zdim", "-1"), "--zdim"),
+    (("--downsample", "4"), "--downsample"),
+    (("--epochs", "0"), "--epochs"),
+    (("--classes", str(N + 1)), "--classes"),
+])
+def test_bad_options_are_one_line(vitreous, simulated: Path, tmp_path: Path, args, fragment: str) -> None:
+    out = tmp_path / "job"
+    vitreous("abinit-neural", simulated / "particles.star", "-o", out, *args).assert_error(fragment)
+    assert not out.exists()
