@@ -36,11 +36,11 @@ import numpy as np
 
 if __package__:
     from . import harness, peers
-    from .bench_refine import APIX, ASTIGMATISM, BOX, MODEL, SHIFT_SD, SNR, measured, unposed, vitreous_exe
+    from .bench_refine import APIX, BOX, SNR, measured, simulated_adk, unposed, vitreous_exe
 else:  # run as a script: benchmarks/ is on sys.path
     import harness
     import peers
-    from bench_refine import APIX, ASTIGMATISM, BOX, MODEL, SHIFT_SD, SNR, measured, unposed, vitreous_exe
+    from bench_refine import APIX, BOX, SNR, measured, simulated_adk, unposed, vitreous_exe
 
 TARGET_INITIAL_RATIO, TARGET_REFINED_RATIO, TARGET_SECONDS = 1.5, 1.10, 600.0
 
@@ -134,13 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from vitreous.io.mrc import read_map
 
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     exe = vitreous_exe()
-    sim = out / "sim"
-    if not (sim / "particles.star").is_file():
-        measured([*exe, "simulate", "--model", str(MODEL), "-n", str(args.n), "--box", str(BOX), "--apix", str(APIX),
-                  "--snr", str(SNR), "--shift-sd", str(SHIFT_SD), "--astigmatism", str(ASTIGMATISM), "-o", str(sim),
-                  "--overwrite"], out / "simulate.log", args.threads)
+    sim = simulated_adk(out, args.n, args.threads)
     star = unposed(sim / "particles.star", out / "unposed.star")
     load_before = os.getloadavg()
     abinit_run = measured([*exe, "abinit", str(star), "-o", str(out / "abinit"), "--overwrite"], out / "abinit.log",

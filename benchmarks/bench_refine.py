@@ -63,6 +63,17 @@ def measured(cmd: list[str], log: Path, threads: int) -> dict[str, Any]:
             "cmd": [str(c) for c in cmd]}
 
 
+def simulated_adk(out: Path, n: int, threads: int) -> Path:
+    """``OUT/sim``: ``n`` closed adenylate kinase particles (step 1), simulated unless already there."""
+    out.mkdir(parents=True, exist_ok=True)
+    sim = out / "sim"
+    if not (sim / "particles.star").is_file():
+        measured([*vitreous_exe(), "simulate", "--model", str(MODEL), "-n", str(n), "--box", str(BOX), "--apix",
+                  str(APIX), "--snr", str(SNR), "--shift-sd", str(SHIFT_SD), "--astigmatism", str(ASTIGMATISM), "-o",
+                  str(sim), "--overwrite"], out / "simulate.log", threads)
+    return sim
+
+
 def unposed(star: Path, out: Path) -> Path:
     """A copy of the particles without Euler angles and origins (image names relative to ``out``)."""
     from vitreous.data.particles import EULER, SHIFTS, ParticleSet
@@ -220,13 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_TAG + json.dumps(engine_worker(args.worker_engine)), flush=True)
         return 0
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     exe = vitreous_exe()
-    sim = out / "sim"
-    if not (sim / "particles.star").is_file():
-        measured([*exe, "simulate", "--model", str(MODEL), "-n", str(args.n), "--box", str(BOX), "--apix", str(APIX),
-                  "--snr", str(SNR), "--shift-sd", str(SHIFT_SD), "--astigmatism", str(ASTIGMATISM), "-o", str(sim),
-                  "--overwrite"], out / "simulate.log", args.threads)
+    sim = simulated_adk(out, args.n, args.threads)
     star = unposed(sim / "particles.star", out / "unposed.star")
     load_before = os.getloadavg()
     refine_run = measured([*exe, "refine", str(star), "--reference", str(sim / "truth" / "state_001.mrc"), "-o",
