@@ -255,13 +255,15 @@ def register(app: typer.Typer) -> None:
             from vitreous.cli.abinit import run_abinit
             from vitreous.reconstruct.abinit import AbinitOptions
 
-            options = AbinitOptions(classes=classes, iterations=iterations or 40, initial_resolution_A=initial_lowpass,
+            options = AbinitOptions(classes=classes, iterations=40 if iterations is None else iterations,
+                                    initial_resolution_A=initial_lowpass,
                                     final_resolution_A=final_resolution, refine_iterations=refine_iterations,
                                     batch_size=min(batch_size, 256),
                                     device=device, seed=seed)
             run_abinit(particles, out, options, datadir=datadir, apix=apix, resume=resume, overwrite=overwrite,
                        reference=reference)
             return
-        run_classify3d(particles, out, reference=reference, classes=classes, iterations=iterations or 25,
+        run_classify3d(particles, out, reference=reference, classes=classes,
+                       iterations=25 if iterations is None else iterations,
                        initial_lowpass=initial_lowpass, tolerance=tolerance, batch_size=batch_size, device=device,
                        seed=seed, datadir=datadir, apix=apix, overwrite=overwrite, resume=resume)
