@@ -47,7 +47,7 @@ def test_abinit_neural_writes_classes_poses_and_latents(vitreous, simulated: Pat
     assert calls == [1]  # epoch 2 starts with a local pose search
     for name in ("class_001.mrc", "class_002.mrc", "class_001_weights.pt", "class_001_initial.mrc", "z.npy",
                  "particles.star", "report.html", "job.json", "checkpoints/mixture.pt", "checkpoints/sgd.pt",
-                 "class_001_particles.star", "class_002_z.npy"):
+                 "class_001_particles.star", "class_002_z.npy", "class_001_refined.mrc"):
         assert (out / name).is_file(), name
     volume, voxel = read_map(out / "class_002.mrc")
     assert volume.shape == (BOX,) * 3 and voxel == pytest.approx(APIX) and volume.std() > 0

@@ -68,6 +68,7 @@ def run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, n
     from vitreous.cli.abinit import abinit_stages
     from vitreous.cli.train_vae import training_progress
     from vitreous.io.formats import read_particles
+    from vitreous.io.mrc import write_map
     from vitreous.jobs import Job
     from vitreous.neural.data import ParticleBatches
     from vitreous.neural.mixture import MixtureState, encode_classes, train_mixture
@@ -84,6 +85,9 @@ def run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, n
     with Job.open(out, command="abinit-neural", params=params, inputs=[particles_path], overwrite=overwrite,
                   resume=resume) as job:
         result = abinit_stages(job, particles, options)
+        for k, refined in enumerate(result.refined):  # the classical maps, before the neural stage
+            if refined is not None and refined.iteration > 0:
+                write_map(job.path(_class_name(k, "_refined.mrc")), refined.full_map, particles.single_pixel_size())
         n = len(particles)
         unposed = particles.with_poses(rotations=np.tile(np.eye(3), (n, 1, 1)), shifts_angst=np.zeros((n, 2)))
         data = ParticleBatches(unposed, box=downsample, device=neural.train.device)
@@ -205,7 +209,8 @@ def register(app: typer.Typer) -> None:
                                        "neural fields (one VAE per class: encoder and latent-conditioned voxel "
                                        "decoder) trained on the mixture likelihood, with a pose for every "
                                        "particle in every class refreshed by local search.  Writes OUT/"
-                                       "class_001.mrc ... (z = 0; voxel size in Å), class_00k_weights.pt, z.npy "
+                                       "class_001.mrc ... (z = 0; voxel size in Å), class_00k_refined.mrc (before the "
+                                       "neural stage), class_00k_weights.pt, z.npy "
                                        "(N x K x Z), particles.star (poses, rlnClassNumber, vtsClassProbabilityK, "
                                        "latents vtsLatent* of the most probable class), per class "
                                        "class_00k_particles.star and class_00k_z.npy (its particles), "
