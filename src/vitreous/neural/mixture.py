@@ -132,28 +132,24 @@ def refresh_poses(models: torch.nn.ModuleList, data: ParticleBatches, state: Mix
                   step_deg: float, batch_size: int = 256) -> None:
     """Local search of every particle in every class around its current pose, against the class map at z = 0
     (all shells up to the band limit, scale-free ``ncc`` scores); updates ``state`` in place."""
-    from vitreous.physics.ctf import CTFParams, compute_ctf
-    from vitreous.physics.fourier import fft2c, fourier_crop
+    from vitreous.reconstruct.images import CroppedImages
 
     box, device = data.box, data.device
     radius = float(data.points.radius)
     shift_step = shift_step_for_radius(box, radius)
     options = LocalOptions(radius_px=radius, step_deg=step_deg, range_deg=2 * step_deg, shift_step_px=shift_step,
                            shift_range_px=2 * shift_step, keep=1)
-    full_sigma2 = torch.cat([sigma2, sigma2[-1:].expand(box // 2 + 1 - len(sigma2))]) if len(sigma2) <= box // 2 \
-        else sigma2[:box // 2 + 1]
-    ctf_params = CTFParams.from_table(data.particles.ctf_table())
+    shells = sigma2.new_full((box // 2 + 1,), float(sigma2[-1]))  # shells beyond the band limit: the last one's
+    shells[:len(sigma2)] = sigma2[:box // 2 + 1]
     zero = torch.zeros((1, state.config.zdim), device=device) if state.config.zdim else None
     with torch.no_grad():
         searches = [PoseSearch(ProjectorSlices(Projector(model.decoder.volumes(zero, 1)[0].float())),
-                               full_sigma2.clamp_min(1e-12), box, mode="ncc") for model in models]
+                               shells.clamp_min(1e-12), box, mode="ncc") for model in models]
+    images = CroppedImages(data.particles, box, device)
     for start in range(0, len(data), batch_size):
         idx = np.arange(start, min(start + batch_size, len(data)))
-        images = torch.as_tensor(data.particles.images.read(idx), device=device) / data.scale
-        if box != data.original_box:
-            images = fourier_crop(images, box)
-        spectra = fft2c(images)
-        ctf = compute_ctf(ctf_params[idx].to(device), box, data.pixel_size)
+        spectra, ctf = images.read(idx)
+        spectra = spectra / data.scale  # the units of the models and of sigma2
         for k, search in enumerate(searches):
             result = search.local_search(spectra, ctf, torch.as_tensor(state.rotations[idx, k], device=device),
                                          torch.as_tensor(state.shifts_px[idx, k], device=device), options)

@@ -41,17 +41,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitreous.align import GlobalOptions, PoseSearch, ProjectorSlices, image_power, image_spectra
-from vitreous.align.noise import ShellPower
-from vitreous.align.points import fourier_points, radius_for_resolution
+from vitreous.align import GlobalOptions, PoseSearch, ProjectorSlices
+from vitreous.align.points import radius_for_resolution
 from vitreous.align.scoring import Mode
 from vitreous.data.particles import ParticleSet
 from vitreous.errors import InputError
-from vitreous.physics.ctf import CTFParams, compute_ctf
 from vitreous.physics.fourier import fourier_crop, fourier_pad, lowpass, soft_spherical_mask, translate_ft
 from vitreous.physics.projection import Backprojector, Projector
-from vitreous.reconstruct.backproject import HalfSetBackprojector, assign_halves, batches
-from vitreous.reconstruct.refine import MASK_EDGE_PX, RefineOptions, check_particles
+from vitreous.reconstruct.backproject import MASK_EDGE_PX, HalfSetBackprojector, assign_halves, batches
+from vitreous.reconstruct.images import CroppedImages, noise_spectrum
+from vitreous.reconstruct.refine import RefineOptions, check_particles
 
 log = logging.getLogger(__name__)
 
@@ -148,35 +147,6 @@ def _mask(box: int, pixel_size: float, options: AbinitOptions, device: torch.dev
     return soft_spherical_mask(box, radius, MASK_EDGE_PX * box / 64, device=device)
 
 
-class CroppedImages:
-    """Images and CTFs of the particles, Fourier-cropped to ``box`` (pixel size scaled), on the device."""
-
-    def __init__(self, particles: ParticleSet, box: int, device: torch.device) -> None:
-        self.particles, self.box, self.device = particles, box, device
-        self.full_box, full_apix = check_particles(particles)
-        self.pixel_size = full_apix * self.full_box / box
-        self.ctf = CTFParams.from_table(particles.ctf_table())
-
-    def read(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(centred spectra (B, d, d), CTF images (B, d, d)) of particles ``idx``."""
-        images = torch.as_tensor(self.particles.images.read(idx), dtype=torch.float32, device=self.device)
-        if self.box < self.full_box:
-            images = fourier_crop(images, self.box)
-        return image_spectra(images), compute_ctf(self.ctf[idx].to(self.device), self.box, self.pixel_size)
-
-
-def whitening_spectrum(data: CroppedImages, seed: int) -> torch.Tensor:
-    """Mean image power per shell of a random sample (noise dominates at cryo-EM SNRs)."""
-    n = len(data.particles)
-    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, NOISE_SAMPLE), replace=False))
-    power = ShellPower(data.box, data.device)
-    points = fourier_points(data.box, data.box // 2, data.device)
-    for part in batches(len(sample), 256):
-        spectra, _ = data.read(sample[part])
-        image_power(spectra, points, power)
-    return power.spectrum()
-
-
 def initial_sgd_state(particles: ParticleSet, options: AbinitOptions, start: np.ndarray | None = None) -> SGDState:
     """K random maps (white noise low-passed to the initial resolution, masked), empty accumulators.
 
@@ -202,7 +172,8 @@ def initial_sgd_state(particles: ParticleSet, options: AbinitOptions, start: np.
         iteration=0, small_box=small, small_pixel_size=data.pixel_size, maps=maps.numpy(),
         numerators=np.zeros((K, 2, small, small, small), np.complex64),
         weights=np.zeros((K, 2, small, small, small), np.float32), counts=np.zeros((K, 2), np.int64),
-        priors=np.full(K, 1.0 / K), sigma2=whitening_spectrum(data, options.seed).cpu().numpy())
+        priors=np.full(K, 1.0 / K),
+        sigma2=noise_spectrum(data, np.arange(len(particles)), NOISE_SAMPLE, options.seed).cpu().numpy())
 
 
 def _search_options(radius: float, box: int, pixel_size: float, options: AbinitOptions) -> GlobalOptions:
@@ -410,6 +381,5 @@ def refine_options(options: AbinitOptions) -> RefineOptions:
                          seed=options.seed)
 
 
-__all__ = ["AbinitOptions", "Assignment", "ClassPoses", "CroppedImages", "SGDState", "assign_classes",
-           "initial_sgd_state", "refine_options", "run_sgd", "search_classes", "sgd_iteration", "small_box_for",
-           "whitening_spectrum"]
+__all__ = ["AbinitOptions", "Assignment", "ClassPoses", "SGDState", "assign_classes",
+           "initial_sgd_state", "refine_options", "run_sgd", "search_classes", "sgd_iteration", "small_box_for"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,10 +42,7 @@ from vitreous.align import (
     PoseSearch,
     ProjectorSlices,
     ResidualShells,
-    ShellPower,
     fourier_points,
-    image_power,
-    image_spectra,
     prepare,
     radius_for_resolution,
     shift_phases,
@@ -55,16 +52,22 @@ from vitreous.align.scoring import Mode
 from vitreous.analysis.fsc import fsc_curve, resolution_at
 from vitreous.data.particles import ParticleSet
 from vitreous.errors import InputError
-from vitreous.physics.ctf import CTFParams, compute_ctf
 from vitreous.physics.fourier import fourier_crop, fourier_pad, lowpass, soft_spherical_mask, translate_ft, window
 from vitreous.physics.projection import Projector
 from vitreous.physics.rotations import angular_distance
 from vitreous.physics.so3_grid import grid_spacing_deg
-from vitreous.reconstruct.backproject import HalfMaps, HalfSetBackprojector, assign_halves, batches
+from vitreous.reconstruct.backproject import (
+    MASK_EDGE_PX,
+    HalfMaps,
+    HalfSetBackprojector,
+    assign_halves,
+    batches,
+)
+from vitreous.reconstruct.backproject import mask_radius_px as solvent_mask_radius
+from vitreous.reconstruct.images import CroppedImages, noise_spectrum
 
 log = logging.getLogger(__name__)
 
-MASK_EDGE_PX = 4.0  # width of the mask's cosine edge
 NOISE_SAMPLE = 2000  # images per half used for the first noise estimate
 RESOLUTION_GAIN = 0.01  # relative resolution improvement that still counts as progress
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
@@ -199,57 +202,14 @@ def comparison_radius(resolution_A: float, box: int, pixel_size: float, options:
 
 
 def mask_radius_px(options: RefineOptions, box: int, pixel_size: float) -> float:
-    """Radius (px) of the reference mask's flat part."""
-    if options.mask_diameter_A is None:
-        return 0.45 * box - MASK_EDGE_PX
-    return options.mask_diameter_A / (2 * pixel_size)
-
-
-def _backprojector(box: int, options: RefineOptions) -> HalfSetBackprojector:
-    """Half-set accumulators; with a point group every insertion goes in at all equivalent orientations."""
-    accumulator = HalfSetBackprojector(box, 2, options.device)
-    if options.symmetry.upper() != "C1":
-        from vitreous.physics.symmetry import SymmetricBackprojector
-
-        accumulator.halves = [SymmetricBackprojector(box, options.symmetry, 2, options.device) for _ in range(2)]
-    return accumulator
-
-
-class _Batches:
-    """Images, spectra and CTFs of one half's particles, batch by batch, on the device."""
-
-    def __init__(self, particles: ParticleSet, ctf: CTFParams, members: np.ndarray, options: RefineOptions,
-                 box: int, pixel_size: float) -> None:
-        self.particles, self.ctf, self.members = particles, ctf, members
-        self.options, self.box, self.pixel_size = options, box, pixel_size
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-        """(particle indices, centred spectra (B, D, D), CTF images (B, D, D)) per batch."""
-        device = self.options.device
-        for part in batches(len(self.members), self.options.batch_size):
-            idx = self.members[part]
-            images = torch.as_tensor(self.particles.images.read(idx), dtype=torch.float32, device=device)
-            ctf = compute_ctf(self.ctf[idx].to(device), self.box, self.pixel_size)
-            yield idx, image_spectra(images), ctf
-
-
-def first_noise(particles: ParticleSet, members: np.ndarray, options: RefineOptions, box: int,
-                seed: int) -> torch.Tensor:
-    """Noise power per shell before any pose is known: the mean image power of up to NOISE_SAMPLE images."""
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(members, min(len(members), NOISE_SAMPLE), replace=False))
-    power = ShellPower(box, options.device)
-    points = fourier_points(box, box // 2, options.device)
-    for part in batches(len(sample), options.batch_size):
-        images = torch.as_tensor(particles.images.read(sample[part]), dtype=torch.float32, device=options.device)
-        image_power(image_spectra(images), points, power)
-    return power.spectrum()
+    """Radius (px) of the reference mask's flat part (backproject's solvent mask of ``mask_diameter_A``)."""
+    return solvent_mask_radius(options.mask_diameter_A, box, pixel_size)
 
 
 @dataclass(frozen=True)
 class _Plan:
     """What one iteration does: global or local search (with its step), the comparison radius (Fourier px),
-    the score mode, the reference mask (D, D, D) and the particles' CTF parameters."""
+    the score mode and the reference mask (D, D, D)."""
 
     box: int
     apix: float
@@ -258,7 +218,6 @@ class _Plan:
     radius: float
     mode: Mode
     mask: torch.Tensor
-    ctf: CTFParams
 
 
 @dataclass
@@ -278,15 +237,18 @@ def _search_half(particles: ParticleSet, state: RefineState, options: RefineOpti
     scale and the residual noise power (D // 2 + 1,) for the next iteration."""
     box, apix, device = plan.box, plan.apix, torch.device(options.device)
     members = np.nonzero(state.halves == half)[0]
+    images = CroppedImages(particles, device=device)
     sigma2 = (torch.as_tensor(state.sigma2[half], device=device) if state.sigma2 is not None
-              else first_noise(particles, members, options, box, options.seed + half))
+              else noise_spectrum(images, members, NOISE_SAMPLE, options.seed + half, options.batch_size))
     scale = float(state.scale[half]) if plan.mode == "likelihood" else 1.0
     reference = torch.as_tensor(state.references[half], device=device) * plan.mask
     slicer = ProjectorSlices(Projector(reference))
     search = PoseSearch(slicer, sigma2, box, mode=plan.mode, scale=scale)
     residuals = ResidualShells(box, device)
     full_points = fourier_points(box, box // 2, device)
-    for idx, spectra, ctf in _Batches(particles, plan.ctf, members, options, box, apix):
+    for part in batches(len(members), options.batch_size):
+        idx = members[part]
+        spectra, ctf = images.read(idx)
         if plan.is_global:
             result = search.global_search(spectra, ctf, _global_options(plan.radius, box, apix, options))
         else:
@@ -325,9 +287,8 @@ def refine_iteration(particles: ParticleSet, state: RefineState, options: Refine
         radius=comparison_radius(state.resolution_A, box, apix, options),
         # the scale-free mode until a reference scale has been fitted (or when the fit failed, scale <= 0)
         mode="ncc" if state.scale is None or not bool((state.scale > 0).all()) else "likelihood",
-        mask=soft_spherical_mask(box, mask_radius_px(options, box, apix), MASK_EDGE_PX, device=options.device),
-        ctf=CTFParams.from_table(particles.ctf_table()))
-    accumulator = _backprojector(box, options)
+        mask=soft_spherical_mask(box, mask_radius_px(options, box, apix), MASK_EDGE_PX, device=options.device))
+    accumulator = HalfSetBackprojector(box, 2, options.device, options.symmetry)
     poses = _Poses(state.rotations.copy(), state.shifts_px.copy(), state.max_weight.copy(),
                    state.significant.copy())
     scale, sigma2, timings = np.ones(2, np.float32), np.zeros((2, box // 2 + 1), np.float32), {}
