@@ -78,8 +78,9 @@ def chimerax_script(path: Path, series: VolumeSeries, *, play: bool = True) -> P
     """Write a ChimeraX ``.cxc`` at ``path`` that opens ``series`` as one volume series (paths relative to
     the script); ``play`` adds a looping back-and-forth playback.  Returns ``path``."""
     from vitreous.io.atomic import write_text
+    from vitreous.io.stack import relative_name
 
-    folder = Path(_relative(series.folder, path.parent))
+    folder = Path(relative_name(series.folder, path.parent))
     pattern = (folder / "vol_*.mrc").as_posix()
     lines = [
         f"# ChimeraX: open {path.name}  ({len(series.files)} maps of {series.folder.name}, written by vitreous)",
@@ -92,9 +93,3 @@ def chimerax_script(path: Path, series: VolumeSeries, *, play: bool = True) -> P
         lines.append("vseries play #1 loop true direction oscillate maxFrameRate 5")
     write_text(path, "\n".join(lines) + "\n")
     return path
-
-
-def _relative(target: Path, start: Path) -> str:
-    import os
-
-    return os.path.relpath(target.resolve(), start.resolve())

@@ -134,11 +134,11 @@ class ImageStack:
 
     def references(self, relative_to: Path | None = None) -> list[str]:
         """RELION ``N@file`` names (1-based N), paths relative to ``relative_to`` where possible."""
-        names = [_relative(p, relative_to) for p in self.paths]
+        names = [relative_name(p, relative_to) for p in self.paths]
         return [f"{i + 1:06d}@{names[f]}" for f, i in zip(self.file_id.tolist(), self.index.tolist(), strict=True)]
 
 
-def _relative(path: Path, start: Path | None) -> str:
+def relative_name(path: Path, start: Path | None) -> str:
     if start is None:
         return str(path)
     try:

@@ -253,9 +253,16 @@ def write_star(path: str | Path, particles: ParticleSet) -> None:
     if particles.box and "rlnImageSize" not in optics:
         optics["rlnImageSize"] = particles.box
         optics["rlnImageDimensionality"] = 2
+    write_star_blocks(path, {"optics": optics, "particles": table})
+
+
+def write_star_blocks(path: str | Path, blocks: dict[str, pd.DataFrame]) -> None:
+    """Write loop blocks atomically as a RELION 3.1 STAR file (``# version 30001`` before each block)."""
     with atomic_path(path) as tmp:
         # 12 significant digits with the decimal point kept (float columns stay float): RELION's six decimals
         # survive, and small values (latents, tiny shifts) are not rounded to zero as with a fixed "%.6f"
-        starfile.write({"optics": optics, "particles": table}, tmp, overwrite=True, float_format="%#.12g")
+        starfile.write(blocks, tmp, overwrite=True, float_format="%#.12g")
         text = tmp.read_text()
-        tmp.write_text("\n# version 30001\n" + text.replace("data_particles", "# version 30001\n\ndata_particles", 1))
+        for name in list(blocks)[1:]:
+            text = text.replace(f"data_{name}", f"# version 30001\n\ndata_{name}", 1)
+        tmp.write_text("\n# version 30001\n" + text)
