@@ -103,12 +103,28 @@ def test_trajectory_states_spread_over_frames(vitreous, structures: Path, tmp_pa
     assert np.corrcoef(closed.ravel(), opened.ravel())[0, 1] < 0.95
 
 
+def test_models_and_trajectory_mix_composition_and_conformation(vitreous, structures: Path, tmp_path: Path) -> None:
+    with np.load(structures / TRAJECTORY) as data:
+        frames, elements = data["coords_A"][::30], data["elements"]
+    path, out, n = tmp_path / "adk_frames.npz", tmp_path / "mix", 300
+    np.savez(path, coords_A=frames, elements=elements)
+    outcome = vitreous("simulate", "-o", out, "--model", structures / PROTEASE, "--trajectory", path, "-n", n,
+                       "--apix", 5.0, "--proportions", "1,2")
+    assert outcome.code == 0, outcome
+    table = pd.read_csv(out / "truth" / "states.csv")
+    assert table["name"].tolist() == ["4E43"] + [f"adk_frames_frame_{i:03d}" for i in range(len(frames))]
+    assert table["component"].tolist() == [1] + [2] * len(frames)
+    labels = np.load(out / "truth" / "labels.npy")
+    assert abs(np.mean(labels == 0) - 1 / 3) < 4 * np.sqrt(2 / 9 / n)
+    protease, first_frame = (read_map(out / "truth" / name)[0] for name in table["map"].iloc[:2])
+    assert protease.shape == first_frame.shape  # one box fits both
+    assert np.corrcoef(protease.ravel(), first_frame.ravel())[0, 1] < 0.9  # two proteins (0.77 at 5 Å/px)
+
+
 BAD_INPUT = {
     "missing model": (["--model", "{data}/proteins/absent.pdb"], ["absent.pdb", "file not found"]),
     "not a model": (["--model", "{data}/" + TRAJECTORY], ["not a PDB or mmCIF"]),
-    "model and trajectory": (["--model", "{data}/" + PROTEASE, "--trajectory", "{data}/" + TRAJECTORY],
-                             ["either --model"]),
-    "no model": ([], ["either --model"]),
+    "no model": ([], ["no source of truth", "--trajectory"]),
     "negative snr": (["--model", "{data}/" + PROTEASE, "--snr", "-1"], ["snr > 0", "snr=-1"]),
     "negative shift sd": (["--model", "{data}/" + PROTEASE, "--shift-sd", "-2"], ["--shift-sd >= 0"]),
     "box too small": (["--model", "{data}/" + PROTEASE, "--box", "12", "--apix", "3"],
@@ -116,8 +132,8 @@ BAD_INPUT = {
     "proportions count": (["--model", "{data}/" + PROTEASE, "--model", "{data}/" + BPTI, "--proportions", "0.5"],
                           ["--proportions needs 2"]),
     "proportions text": (["--model", "{data}/" + PROTEASE, "--proportions", "a,b"], ["comma-separated"]),
-    "proportions with trajectory": (["--trajectory", "{data}/" + TRAJECTORY, "--proportions", "0.5,0.5"],
-                                    ["--proportions applies to --model"]),
+    "proportions with trajectory": (["--model", "{data}/" + PROTEASE, "--trajectory", "{data}/" + TRAJECTORY,
+                                     "--proportions", "0.5,0.3,0.2"], ["--proportions needs 2"]),
 }
 
 

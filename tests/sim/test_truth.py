@@ -62,16 +62,23 @@ def test_trajectory_frames_share_one_frame_of_reference(structures: Path, tmp_pa
 
 def test_draw_states_follows_proportions() -> None:
     n = 20000
-    states = draw_states(n, 3, [1.0, 3.0, 0.0], seed=1)  # unnormalised; a zero proportion gets no particle
+    states = draw_states(n, np.arange(3), [1.0, 3.0, 0.0], seed=1)  # unnormalised; a zero proportion: none
     counts = np.bincount(states, minlength=3)
     assert counts[2] == 0
     assert abs(counts[0] - n / 4) < 4 * np.sqrt(n * 0.25 * 0.75)  # 4 binomial standard deviations
-    np.testing.assert_array_equal(states, draw_states(n, 3, [1.0, 3.0, 0.0], seed=1))
-    uniform = np.bincount(draw_states(n, 5, None, seed=2), minlength=5)
+    np.testing.assert_array_equal(states, draw_states(n, np.arange(3), [1.0, 3.0, 0.0], seed=1))
+    uniform = np.bincount(draw_states(n, np.arange(5), None, seed=2), minlength=5)
     assert stats.chisquare(uniform).pvalue > 1e-4
+
+
+def test_draw_states_spreads_a_component_over_its_states() -> None:
+    n = 20000  # a model (state 0) and a 4-frame trajectory (states 1-4), 1 : 1
+    counts = np.bincount(draw_states(n, np.array([0, 1, 1, 1, 1]), [1.0, 1.0], seed=3), minlength=5)
+    assert abs(counts[0] - n / 2) < 4 * np.sqrt(n * 0.25)
+    assert stats.chisquare(counts[1:]).pvalue > 1e-4
 
 
 @pytest.mark.parametrize("proportions", [[0.5], [0.5, 0.3, 0.2], [1.0, -0.5], [0.0, 0.0], [float("nan"), 1.0]])
 def test_draw_states_refuses_bad_proportions(proportions: list[float]) -> None:
     with pytest.raises(InputError, match="--proportions needs 2 non-negative numbers"):
-        draw_states(10, 2, proportions, seed=0)
+        draw_states(10, np.arange(2), proportions, seed=0)

@@ -44,10 +44,10 @@ def run_simulate(out: Path, *, models: list[Path], trajectory: Path | None, n: i
     from vitreous.io.star import write_star
     from vitreous.jobs import Job
     from vitreous.sim.particles import Acquisition, simulate_stack
-    from vitreous.sim.truth import draw_states, models_truth, trajectory_truth
+    from vitreous.sim.truth import draw_states, mixture_truth
 
-    if bool(models) == (trajectory is not None):
-        raise InputError(None, "give either --model (one or more) or --trajectory", "choose one source of truth")
+    if not models and trajectory is None:
+        raise InputError(None, "no source of truth", "give --model (one or more) and/or --trajectory")
     for path in models:
         _check_model(path)
     if n < 1 or not snr > 0 or not apix > 0 or not 0 < defocus_um[0] <= defocus_um[1]:
@@ -57,13 +57,10 @@ def run_simulate(out: Path, *, models: list[Path], trajectory: Path | None, n: i
         raise InputError(None, f"need --shift-sd >= 0, --astigmatism >= 0, --voltage > 0 and 0 <= "
                          f"--amplitude-contrast < 1 (got {shift_sd}, {astigmatism}, {voltage}, {amplitude_contrast})",
                          "fix the options")
-    if trajectory is not None and proportions is not None:
-        raise InputError(trajectory, "--proportions applies to --model mixtures; trajectory frames are drawn "
-                         "uniformly", "leave out --proportions")
     if trajectory is not None and not trajectory.is_file():
         raise InputError(trajectory, "file not found", "check the path")
-    truth = trajectory_truth(trajectory, box, apix) if trajectory else models_truth(models, box, apix)
-    states = draw_states(n, len(truth.names), proportions, seed)
+    truth = mixture_truth(models, trajectory, box, apix)
+    states = draw_states(n, truth.components, proportions, seed)
     acquisition = Acquisition(apix=apix, snr=snr, defocus_um=defocus_um, astigmatism_A=astigmatism,
                               voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast, bfactor=bfactor,
                               shift_sd_px=shift_sd, seed=seed)
@@ -80,21 +77,22 @@ def run_simulate(out: Path, *, models: list[Path], trajectory: Path | None, n: i
                                        progress=advance)
         star = job.path("particles.star")
         write_star(star, particles)
-        _write_truth(job, truth.names, states, particles)
+        _write_truth(job, truth.names, truth.components, states, particles)
         job.write_report(_report(particles, truth, states, apix))
         console.err.print(f"wrote {n} particles of {len(truth.names)} state(s) to {star}", markup=False,
                           soft_wrap=True)
     return star
 
 
-def _write_truth(job, names: list[str], states, particles) -> None:
+def _write_truth(job, names: list[str], components, states, particles) -> None:
     import numpy as np
     import pandas as pd
 
     from vitreous.io.atomic import atomic_path
 
     counts = np.bincount(states, minlength=len(names))
-    table = pd.DataFrame({"state": np.arange(1, len(names) + 1), "name": names, "particles": counts,
+    table = pd.DataFrame({"state": np.arange(1, len(names) + 1), "name": names, "component": components + 1,
+                          "particles": counts,
                           "map": [f"state_{k + 1:03d}.mrc" for k in range(len(names))]})
     with atomic_path(job.path("truth/states.csv")) as tmp:
         table.to_csv(tmp, index=False)
@@ -125,7 +123,7 @@ def _report(particles, truth, states, apix: float):
 def register(app: typer.Typer) -> None:
     """Add ``simulate`` to the app."""
 
-    @app.command(help="Simulate a particle stack (RELION STAR + MRCS) from atomic models or a trajectory, with "
+    @app.command(help="Simulate a particle stack (RELION STAR + MRCS) from atomic models, a trajectory or both, with "
                       "the ground truth (maps per state, per-particle state labels, poses) in OUT/truth.  "
                       "Poses are uniform, CTF follows RELION (defocus in µm here, Å in the STAR), noise is "
                       "white Gaussian at the given SNR (signal variance over the whole box).")
@@ -135,7 +133,8 @@ def register(app: typer.Typer) -> None:
             "--model", help="Atomic model (PDB/mmCIF, .gz allowed); repeat for a compositional mixture.")] = None,
         trajectory: Annotated[Path | None, typer.Option(
             "--trajectory", help="Trajectory .npz (coords_A (F,N,3) Å, elements): one state per frame, "
-                                 "particles spread uniformly over the frames.")] = None,
+                                 "particles spread uniformly over the frames; with --model: one more component of "
+                                 "the mixture.")] = None,
         n: Annotated[int, typer.Option("-n", "--n-particles", help="Number of particles.")] = 1000,
         box: Annotated[int | None, typer.Option("--box", help="Box size in pixels (default: fits the "
                                                              "largest model with a 5 Å margin).")] = None,
@@ -148,7 +147,8 @@ def register(app: typer.Typer) -> None:
         shift_sd: Annotated[float, typer.Option(
             "--shift-sd", help="Standard deviation of the origin shifts in pixels.")] = 0.0,
         proportions: Annotated[str | None, typer.Option(
-            "--proportions", help="Fractions of the models, comma-separated (default equal).")] = None,
+            "--proportions", help="Fractions of the models (then of the trajectory), comma-separated "
+                               "(default equal).")] = None,
         voltage: Annotated[float, typer.Option("--voltage", help="Acceleration voltage in kV.")] = 300.0,
         cs: Annotated[float, typer.Option("--cs", help="Spherical aberration in mm.")] = 2.7,
         amplitude_contrast: Annotated[float, typer.Option("--amplitude-contrast")] = 0.1,
