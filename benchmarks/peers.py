@@ -1,5 +1,7 @@
 """Peer tools for side-by-side benchmarks, each in its own venv under ``benchmarks/.peer-venvs/``.
 
+ASPIRE (``ensure_aspire()``, ``aspire==0.14.3``): CTF estimation and 2D class averaging peers of issue 7.
+
 cryoDRGN: ``ensure_cryodrgn()`` builds ``.peer-venvs/cryodrgn`` idempotently (a ``.installed``
 marker), installing ``torch==2.13.0`` (local CPU wheel) first and then ``cryodrgn==4.3.1`` (the
 latest on PyPI; ``pip index versions cryodrgn``) with the torch pin repeated, so pip never pulls
@@ -62,6 +64,8 @@ PEER_VENVS = BENCH_DIR / ".peer-venvs"
 CRYODRGN_VENV = PEER_VENVS / "cryodrgn"
 TORCH_PIN = "torch==2.13.0"
 CRYODRGN_PIN = "cryodrgn==4.3.1"
+ASPIRE_VENV = PEER_VENVS / "aspire"
+ASPIRE_PIN = "aspire==0.14.3"
 
 
 def _venv_python(venv: Path) -> Path:
@@ -73,26 +77,36 @@ def cryodrgn_exe(venv: Path = CRYODRGN_VENV) -> Path:
     return venv / "bin" / "cryodrgn"
 
 
-def ensure_cryodrgn(venv: Path = CRYODRGN_VENV, *, quiet: bool = True) -> Path:
-    """Create the cryoDRGN venv if needed (idempotent); return the ``cryodrgn`` executable.
+def ensure_venv(venv: Path, packages: list[str], *, quiet: bool = True) -> Path:
+    """Create a peer venv with ``packages`` if needed (idempotent, a ``.installed`` marker); return its python.
 
-    The CPU torch pin is installed first so cryodrgn's ``torch`` requirement is already
-    satisfied and pip does not pull CUDA wheels.
+    The CPU torch pin is installed first and repeated with the packages, so pip never pulls CUDA wheels.
     """
-    exe = cryodrgn_exe(venv)
+    python = _venv_python(venv)
     marker = venv / ".installed"
-    if marker.exists() and exe.exists():
-        return exe
+    if marker.exists() and python.exists():
+        return python
     t0 = time.perf_counter()
-    if not _venv_python(venv).exists():
+    if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(_venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check"]
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
     if quiet:
         pip.append("-q")
     subprocess.run([*pip, TORCH_PIN], check=True)
-    subprocess.run([*pip, CRYODRGN_PIN, TORCH_PIN], check=True)
-    marker.write_text(f"{CRYODRGN_PIN} {TORCH_PIN} installed in {time.perf_counter() - t0:.1f} s\n")
-    return exe
+    subprocess.run([*pip, *packages, TORCH_PIN], check=True)
+    marker.write_text(f"{' '.join(packages)} {TORCH_PIN} installed in {time.perf_counter() - t0:.1f} s\n")
+    return python
+
+
+def ensure_cryodrgn(venv: Path = CRYODRGN_VENV, *, quiet: bool = True) -> Path:
+    """Create the cryoDRGN venv if needed (idempotent); return the ``cryodrgn`` executable."""
+    ensure_venv(venv, [CRYODRGN_PIN], quiet=quiet)
+    return cryodrgn_exe(venv)
+
+
+def ensure_aspire(venv: Path = ASPIRE_VENV, *, quiet: bool = True) -> Path:
+    """Create the ASPIRE venv if needed (idempotent); return its python (``import aspire`` works there)."""
+    return ensure_venv(venv, [ASPIRE_PIN], quiet=quiet)
 
 
 REQUIRED_COMMANDS = (

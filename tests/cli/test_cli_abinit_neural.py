@@ -21,7 +21,7 @@ from vitreous.sim.truth import models_truth
 ADK = Path(__file__).resolve().parents[3] / "shared" / "data" / "structures" / "adk"
 APIX, BOX, N = 4.0, 24, 200
 FAST = ("--classes", "2", "--zdim", "1", "--iterations", "3", "--refine-iterations", "1", "--final-resolution", "16",
-        "--epochs", "2", "--search-every", "1", "--batch-size", "50")
+        "--epochs", "2", "--search-every", "1", "--batch-size", "50", "--keep-duplicates")
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +44,12 @@ def test_abinit_neural_writes_classes_poses_and_latents(vitreous, simulated: Pat
     monkeypatch.setattr(mixture_module, "refresh_poses", lambda *a, **k: calls.append(1) or real(*a, **k))
     result = vitreous("abinit-neural", simulated / "particles.star", "-o", out, *FAST)
     assert result.code == 0, result.err
+    assert "poses in" in result.err and "are ignored" in result.err  # the simulated STAR carries true poses
     assert calls == [1]  # epoch 2 starts with a local pose search
     for name in ("class_001.mrc", "class_002.mrc", "class_001_weights.pt", "class_001_initial.mrc", "z.npy",
                  "particles.star", "report.html", "job.json", "checkpoints/mixture.pt", "checkpoints/sgd.pt",
-                 "class_001_particles.star", "class_002_z.npy", "class_001_refined.mrc"):
+                 "class_001_particles.star", "class_002_z.npy", "class_001_refined.mrc", "class_002_field.mrc",
+                 "class_002_half_map_1.mrc"):
         assert (out / name).is_file(), name
     volume, voxel = read_map(out / "class_002.mrc")
     assert volume.shape == (BOX,) * 3 and voxel == pytest.approx(APIX) and volume.std() > 0

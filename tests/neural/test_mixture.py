@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vitreous.analysis.metrics import adjusted_rand_index
+from vitreous.errors import InputError
 from vitreous.neural.data import ParticleBatches
 from vitreous.neural.mixture import MixtureOptions, initial_mixture, refresh_poses, train_mixture
 from vitreous.neural.model import ModelConfig
@@ -79,3 +80,18 @@ def test_local_search_recovers_perturbed_poses(mixture_data) -> None:
     # at 8 Å Nyquist the likelihood is nearly flat within ~3° of the truth (from the true poses, a 2° search
     # drifts by a median 3.5°), so a 5-10° kick is undone to that level
     assert before > 5.0 and np.median(after) < 4.0
+
+
+def test_a_nan_loss_stops_cleanly_and_keeps_the_last_finished_epoch(mixture_data) -> None:
+    particles, data, volumes, _ = mixture_data
+    state = _start(particles, data, volumes, K=2)
+    saved: list[int] = []
+    options = MixtureOptions(train=TrainOptions(epochs=1, batch_size=100), search_every=0)
+    _, state = train_mixture(data, state, options, on_epoch=lambda s: saved.append(s.epoch))
+    assert saved == [1]
+    broken = next(k for k in state.models[0] if k.endswith("values"))
+    state.models[0][broken] = torch.full_like(state.models[0][broken], float("nan"))
+    longer = MixtureOptions(train=TrainOptions(epochs=2, batch_size=100), search_every=0)
+    with pytest.raises(InputError, match="loss became nan in epoch 2.*checkpoint of epoch 1 is kept"):
+        train_mixture(data, state, longer, on_epoch=lambda s: saved.append(s.epoch))
+    assert saved == [1] and state.epoch == 1

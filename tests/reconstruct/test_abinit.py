@@ -12,7 +12,14 @@ from vitreous.analysis.alignment import align_map
 from vitreous.analysis.fsc import fsc_curve, resolution_at
 from vitreous.data.particles import ParticleSet
 from vitreous.errors import InputError
-from vitreous.reconstruct.abinit import AbinitOptions, SGDState, initial_sgd_state, run_sgd, small_box_for
+from vitreous.reconstruct.abinit import (
+    AbinitOptions,
+    Assignment,
+    SGDState,
+    initial_sgd_state,
+    run_sgd,
+    small_box_for,
+)
 from vitreous.sim.particles import Acquisition, simulate_stack
 from vitreous.sim.truth import models_truth
 
@@ -38,6 +45,18 @@ def test_schedules_march_resolution_and_grow_batches() -> None:
     assert resolutions[5:] == pytest.approx([10] * 6)
     assert [options.batch(t) for t in (0, 5, 10)] == [100, 200, 300]
     assert small_box_for(64, 1.5, 12.0) == 24 and small_box_for(64, 1.5, 3.0) == 64
+
+
+def test_merging_a_duplicate_class_moves_its_particles_and_empties_it() -> None:
+    rng = np.random.default_rng(0)
+    posteriors = rng.dirichlet(np.ones(3), size=50).astype(np.float32)
+    assignment = Assignment(posteriors, rng.standard_normal((50, 3, 3, 3)), rng.standard_normal((50, 3, 2)))
+    merged = assignment.merged([(0, 2)])
+    np.testing.assert_allclose(merged.posteriors[:, 0], posteriors[:, 0] + posteriors[:, 2])
+    assert not merged.posteriors[:, 2].any() and (merged.labels != 2).all()
+    np.testing.assert_allclose(merged.posteriors.sum(1), 1.0, rtol=1e-6)
+    rows = np.nonzero(assignment.labels == 2)[0]  # they keep the best pose they already had in class 1
+    np.testing.assert_array_equal(merged.best_poses()[0][rows], assignment.rotations[rows, 0])
 
 
 def test_options_that_cannot_work_are_refused(simulated) -> None:

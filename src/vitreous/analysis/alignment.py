@@ -97,11 +97,11 @@ def rotate_volume(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
 
 
-def _best_shift(rotated: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max cross-correlation over cyclic shifts of each rotated map (R, D, D, D): (values (R,), flat index)."""
+def _best_shift(rotated: torch.Tensor, reference_ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max cross-correlation over cyclic shifts of each rotated map (R, D, D, D) with the reference (its
+    ``rfftn``): (values (R,), flat index)."""
     a = torch.fft.rfftn(rotated, dim=(-3, -2, -1))
-    b = torch.fft.rfftn(reference, dim=(-3, -2, -1))
-    cc = torch.fft.irfftn(b.conj() * a, s=rotated.shape[-3:], dim=(-3, -2, -1))
+    cc = torch.fft.irfftn(reference_ft.conj() * a, s=rotated.shape[-3:], dim=(-3, -2, -1))
     return cc.flatten(1).max(1)
 
 
@@ -114,9 +114,10 @@ def _search(moving: torch.Tensor, reference: torch.Tensor, rotations: torch.Tens
             chunk: int = 64) -> tuple[float, torch.Tensor, int]:
     """Best (correlation, rotation, flat shift index) of ``moving`` over ``rotations`` against ``reference``."""
     best = (-np.inf, rotations[0], 0)
+    reference_ft = torch.fft.rfftn(reference, dim=(-3, -2, -1))
     for start in range(0, rotations.shape[0], chunk):
         part = rotations[start:start + chunk]
-        values, index = _best_shift(rotate_volume(moving, part), reference)
+        values, index = _best_shift(rotate_volume(moving, part), reference_ft)
         i = int(values.argmax())
         if float(values[i]) > best[0]:
             best = (float(values[i]), part[i], int(index[i]))

@@ -57,6 +57,9 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
 
     box, pixel_size = particles.box, particles.single_pixel_size()
     K = options.classes
+    if particles.has_poses:
+        console.err.print(f"warning: the poses in {particles.source} (rlnAngleRot/Tilt/Psi, origins) are ignored: "
+                          "every pose is searched afresh", markup=False, soft_wrap=True)
     saved = job.load_checkpoint(SGD_CHECKPOINT) if job.resumed else None
     state = SGDState.from_dict(saved) if saved is not None else initial_sgd_state(particles, options, start)
     if state.iteration:
@@ -71,6 +74,8 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
     if saved is None:
         with progress_bar(len(particles), "class and pose assignment") as advance:
             assignment = assign_classes(particles, state, options, advance)
+        if K > 1 and start is None and options.merge_duplicates:
+            assignment = _merge_duplicates(state, assignment)
         job.save_checkpoint(CLASSES_CHECKPOINT, assignment.to_dict())
     else:
         assignment = Assignment.from_dict(saved)
@@ -91,6 +96,25 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
                               on_iteration=lambda s, name=name: job.save_checkpoint(name, s.to_dict()),
                               progress=lambda text, n, k=k: progress_bar(n, f"class {k + 1}: {text}")))
     return AbinitResult(state, assignment, refined)
+
+
+def _merge_duplicates(state: SGDState, assignment: Assignment) -> Assignment:
+    """Stage-2 assignment with classes of one structure merged into the largest (see
+    :mod:`vitreous.analysis.duplicate_classes`)."""
+    import numpy as np
+
+    from vitreous.analysis.duplicate_classes import ClassMap, find_duplicates
+    from vitreous.reconstruct.abinit import class_resolutions
+
+    resolutions = class_resolutions(state)
+    maps = [None if r is None else ClassMap(state.maps[k], r) for k, r in enumerate(resolutions)]
+    sizes = np.bincount(assignment.labels, minlength=len(maps))
+    duplicates = find_duplicates(maps, sizes, state.small_pixel_size)
+    for d in duplicates:
+        console.err.print(f"class {d.duplicate + 1} is the structure of class {d.kept + 1} (maps agree to "
+                          f"{d.cross_resolution_A:.1f} Å, each determined to {d.own_resolution_A:.1f} Å): merged, "
+                          f"class {d.duplicate + 1} left empty", markup=False)
+    return assignment.merged([(d.kept, d.duplicate) for d in duplicates])
 
 
 def run_abinit(particles_path: Path, out: Path, options: AbinitOptions, *, datadir: Path | None = None,
@@ -242,6 +266,10 @@ def register(app: typer.Typer) -> None:
         mask_diameter: Annotated[float | None, typer.Option(
             "--mask-diameter", metavar="Å", help="Diameter of the soft spherical mask (default 90 % of the "
                                                  "box).")] = None,
+        merge_duplicates: Annotated[bool, typer.Option(
+            "--merge-duplicates", help="Merge classes that converged to the same structure after stage 2 "
+                                       "(maps that agree to their own resolution), leaving the surplus classes "
+                                       "empty: for mixtures of different proteins.")] = False,
         refine_iterations: Annotated[int, typer.Option(
             "--refine-iterations", help="Refinement iterations per class after stochastic EM (0: none).")] = 6,
         max_shift: Annotated[float | None, typer.Option(
@@ -262,5 +290,6 @@ def register(app: typer.Typer) -> None:
             classes=classes, iterations=iterations, initial_batch=initial_batch, final_batch=final_batch,
             initial_resolution_A=initial_resolution, final_resolution_A=final_resolution,
             mask_diameter_A=mask_diameter, refine_iterations=refine_iterations, max_shift_A=max_shift,
+            merge_duplicates=merge_duplicates,
             batch_size=batch_size, device=device, seed=seed)
         run_abinit(particles, out, options, datadir=datadir, apix=apix, resume=resume, overwrite=overwrite)

@@ -140,18 +140,35 @@ def _write_results(job, particles: ParticleSet, data: ParticleBatches, models, s
         _save_npy(job.path(_class_name(k, "_z.npy")), latents[members, k])
     intensity = intensity_factor(state.scale, data.box, data.original_box)
     zero = torch.zeros((1, state.config.zdim)) if state.config.zdim else None
-    maps = []
     with torch.no_grad():
         for k, model in enumerate(models):
             model = model.cpu().eval()
-            maps.append(model.decoder.volumes(zero, 1)[0].float().numpy() * intensity)
-            write_map(job.path(_class_name(k)), maps[-1], data.pixel_size)
+            field = model.decoder.volumes(zero, 1)[0].float().numpy() * intensity
+            write_map(job.path(_class_name(k, "_field.mrc")), field, data.pixel_size)
             save_weights(job.path(_class_name(k, "_weights.pt")), model, scale=state.scale,
                          pixel_size=data.pixel_size, original_box=data.original_box)
+    consensus = [_consensus(job, out.subset(np.nonzero(labels == k)[0]), k) for k in range(K)]
     sizes = np.bincount(labels, minlength=K)
-    job.write_report(_report(particles, state, maps, sizes, data.pixel_size))
+    job.write_report(_report(particles, state, consensus, sizes, particles.single_pixel_size()))
     for k in range(K):
         console.err.print(f"class {k + 1}: {sizes[k]} particles ({100 * sizes[k] / n:.1f}%)", markup=False)
+
+
+def _consensus(job, members: ParticleSet, k: int) -> np.ndarray | None:
+    """Class k's consensus map: the gold-standard reconstruction of its particles with their poses in that class
+    (FSC-Wiener filtered, solvent-masked, as ``vitreous backproject``); writes class_00k.mrc and its unfiltered
+    half maps; None (nothing written) for a class with fewer than two particles."""
+    from vitreous.io.mrc import write_map
+    from vitreous.reconstruct.backproject import backproject, solvent_mask
+
+    if len(members) < 2:
+        return None
+    maps = backproject(members, filtered_halves=False)
+    volume = maps.full * solvent_mask(members.box, maps.voxel_size)
+    write_map(job.path(_class_name(k)), volume, maps.voxel_size)
+    for h, half in enumerate((maps.half1_unfiltered, maps.half2_unfiltered)):
+        write_map(job.path(_class_name(k, f"_half_map_{h + 1}.mrc")), half, maps.voxel_size)
+    return volume
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -192,7 +209,9 @@ def _report(particles: ParticleSet, state: MixtureState, maps: list, sizes, pixe
     report.figure(fig, f"Training: loss and class sizes ({state.seconds:.0f} s, of which pose search "
                        f"{state.search_seconds:.0f} s)")
     for k, volume in enumerate(maps):
-        report.section(f"Class {k + 1}").figure(map_views(volume, pixel_size), "Map at z = 0: slices, projections")
+        if volume is not None:
+            report.section(f"Class {k + 1}").figure(map_views(volume, pixel_size),
+                                                    "Consensus map: slices, projections")
     labels = state.responsibilities.argmax(1)
     rotations = state.rotations[np.arange(len(labels)), labels]
     euler = np.asarray(matrix_to_euler(rotations.astype(np.float64)))
@@ -209,8 +228,11 @@ def register(app: typer.Typer) -> None:
                                        "neural fields (one VAE per class: encoder and latent-conditioned voxel "
                                        "decoder) trained on the mixture likelihood, with a pose for every "
                                        "particle in every class refreshed by local search.  Writes OUT/"
-                                       "class_001.mrc ... (z = 0; voxel size in Å), class_00k_refined.mrc (before the "
-                                       "neural stage), class_00k_weights.pt, z.npy "
+                                       "class_001.mrc ... (consensus map of each class: gold-standard "
+                                       "reconstruction of its particles with their final poses, Wiener-filtered "
+                                       "and masked; its unfiltered half maps class_00k_half_map_1/2.mrc), "
+                                       "class_00k_field.mrc (the neural field at z = 0, training box), "
+                                       "class_00k_refined.mrc (before the neural stage), class_00k_weights.pt, z.npy "
                                        "(N x K x Z), particles.star (poses, rlnClassNumber, vtsClassProbabilityK, "
                                        "latents vtsLatent* of the most probable class), per class "
                                        "class_00k_particles.star and class_00k_z.npy (its particles), "
@@ -228,6 +250,10 @@ def register(app: typer.Typer) -> None:
         iterations: Annotated[int, typer.Option("--iterations", help="Mini-batches of stochastic EM.")] = 40,
         final_resolution: Annotated[float, typer.Option(
             "--final-resolution", metavar="Å", help="Resolution compared at the end of stochastic EM.")] = 12.0,
+        keep_duplicates: Annotated[bool, typer.Option(
+            "--keep-duplicates", help="Do not merge classes that converged to the same structure (by default "
+                                      "they are merged after stage 2 and the surplus classes left empty: a class "
+                                      "is one protein, its conformations are latent).")] = False,
         refine_iterations: Annotated[int, typer.Option(
             "--refine-iterations", help="Refinement iterations per class before the neural stage.")] = 6,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Images per training step.")] = 64,
@@ -248,7 +274,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(None, "--epochs and --batch-size must be at least 1, --search-every and "
                              "--refine-iterations 0 or more", "fix the options")
         options = AbinitOptions(classes=classes, iterations=iterations, final_resolution_A=final_resolution,
-                                refine_iterations=refine_iterations, device=device, seed=seed)
+                                refine_iterations=refine_iterations, device=device, seed=seed,
+                                merge_duplicates=not keep_duplicates)
         neural = MixtureOptions(train=TrainOptions(epochs=epochs, batch_size=batch_size, device=device, seed=seed,
                                                    max_seconds=max_seconds), search_every=search_every)
         run_abinit_neural(particles, out, options, neural, zdim=zdim, downsample=downsample, datadir=datadir,

@@ -22,7 +22,10 @@ Iteration t (0-based) draws a random mini-batch (its size grows linearly from ``
    spherical mask; ``pi_k`` follows the decayed class weights.  A class that received no particle keeps its map.
 
 Stage 2 (:func:`assign_classes`): every particle searched globally against every class map at the final
-resolution; its class is the most probable one, its pose the best pose in that class.  Stage 3: each class's
+resolution; its class is the most probable one, its pose the best pose in that class.  With
+``merge_duplicates`` (``abinit-neural``, where one class is one protein and its conformations are latent),
+classes started from noise that converged to one structure are then merged (:mod:`vitreous.analysis.duplicate_classes`,
+:meth:`Assignment.merged`): a surplus class is left empty rather than splitting a protein.  Stage 3: each class's
 particles refined with :mod:`vitreous.reconstruct.refine` (gold-standard halves, local searches from the
 stage-2 poses with steps of 7.5° halved down to the finest) from its stage-1 map, which gives the final maps
 and poses.  Maps are [z, y, x], poses RELION matrices and origins (px of the
@@ -48,7 +51,7 @@ from vitreous.data.particles import ParticleSet
 from vitreous.errors import InputError
 from vitreous.physics.fourier import fourier_crop, fourier_pad, lowpass, soft_spherical_mask, translate_ft
 from vitreous.physics.projection import Backprojector, Projector
-from vitreous.reconstruct.backproject import MASK_EDGE_PX, HalfSetBackprojector, assign_halves, batches
+from vitreous.reconstruct.backproject import MASK_EDGE_PX, HalfMaps, HalfSetBackprojector, assign_halves, batches
 from vitreous.reconstruct.images import CroppedImages, noise_spectrum
 from vitreous.reconstruct.refine import RefineOptions, check_particles
 
@@ -81,6 +84,7 @@ class AbinitOptions:
     device: str = "cpu"
     seed: int = 0
     score: Mode = "ncc"
+    merge_duplicates: bool = False  # merge classes from noise that converged to one structure (after stage 2)
 
     def check(self, particles: ParticleSet) -> None:
         """InputError for options that cannot work with these particles."""
@@ -246,15 +250,32 @@ def _accumulators(state: SGDState, device: torch.device) -> list[list[Backprojec
 
 def _rebuild(accumulators: list[Backprojector], pixel_size: float) -> tuple[np.ndarray, float] | None:
     """Wiener-filtered full map and FSC=0.143 resolution from a class's two half accumulators (None if empty)."""
-    if min(float(b.accumulators()[1].sum()) for b in accumulators) < EMPTY_CLASS:
+    maps = _half_maps(accumulators, pixel_size)
+    if maps is None:
         return None
     from vitreous.analysis.fsc import resolution_at
 
+    return maps.full, resolution_at(maps.frequency, maps.fsc, 0.143)
+
+
+def _half_maps(accumulators: list[Backprojector], pixel_size: float) -> HalfMaps | None:
+    if min(float(b.accumulators()[1].sum()) for b in accumulators) < EMPTY_CLASS:
+        return None
     halves = HalfSetBackprojector(accumulators[0].D, 1, accumulators[0].device)
     for h, b in enumerate(accumulators):
         halves.halves[h].load_accumulators(*b.accumulators(), b.count)
-    maps = halves.reconstruct(pixel_size)
-    return maps.full, resolution_at(maps.frequency, maps.fsc, 0.143)
+    return halves.reconstruct(pixel_size)
+
+
+def class_resolutions(state: SGDState, threshold: float = 0.5) -> list[float | None]:
+    """Each stage-1 class's half-map FSC resolution (Å) at ``threshold`` (None for an empty class)."""
+    from vitreous.analysis.fsc import resolution_at
+
+    out: list[float | None] = []
+    for row in _accumulators(state, torch.device("cpu")):
+        maps = _half_maps(row, state.small_pixel_size)
+        out.append(None if maps is None else resolution_at(maps.frequency, maps.fsc, threshold))
+    return out
 
 
 def sgd_iteration(particles: ParticleSet, state: SGDState, options: AbinitOptions, halves: np.ndarray) -> SGDState:
@@ -342,6 +363,15 @@ class Assignment:
     def labels(self) -> np.ndarray:
         """(N,) the most probable class, 0-based."""
         return self.posteriors.argmax(1)
+
+    def merged(self, pairs: list[tuple[int, int]]) -> Assignment:
+        """The assignment with each ``(kept, duplicate)`` class pair merged: the duplicate's posterior mass moves
+        to the kept class (whose poses every particle already has), the duplicate class is left empty."""
+        posteriors = self.posteriors.copy()
+        for kept, duplicate in pairs:
+            posteriors[:, kept] += posteriors[:, duplicate]
+            posteriors[:, duplicate] = 0.0
+        return Assignment(posteriors, self.rotations, self.shifts_px)
 
     def best_poses(self) -> tuple[np.ndarray, np.ndarray]:
         """Rotations (N, 3, 3) and origins (N, 2) px in each particle's most probable class."""
