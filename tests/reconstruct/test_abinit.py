@@ -65,6 +65,8 @@ def test_options_that_cannot_work_are_refused(simulated) -> None:
         AbinitOptions(classes=N + 1).check(particles)
     with pytest.raises(InputError, match="final"):
         AbinitOptions(initial_resolution_A=10, final_resolution_A=20).check(particles)
+    with pytest.raises(InputError, match="too few for the pose search"):  # 96 Å box: 1.6 shells at 60 Å
+        AbinitOptions(initial_resolution_A=60, final_resolution_A=20).check(particles)
 
 
 def test_random_start_converges_to_the_truth_in_either_hand(simulated) -> None:

@@ -61,6 +61,7 @@ NOISE_SAMPLE = 1000  # images used for the whitening spectrum
 MIN_CLASS_WEIGHT = 1e-3  # class posteriors below this are not inserted
 MIN_POSE_WEIGHT = 0.01  # nor are pose posteriors below this (the rest renormalised)
 EMPTY_CLASS = 1.0  # a class with less accumulated weight than this keeps its previous map
+MIN_SEARCH_SHELLS = 2  # Fourier shells the first (coarsest) comparison must hold
 START_PERTURBATION = 0.2  # relative noise added to a given start map, per class
 
 
@@ -96,6 +97,13 @@ class AbinitOptions:
         if not 0 < self.final_resolution_A <= self.initial_resolution_A:
             raise InputError(None, f"resolutions must satisfy 0 < final ({self.final_resolution_A:g} Å) <= initial "
                              f"({self.initial_resolution_A:g} Å)", "fix --initial-resolution/--final-resolution")
+        box, pixel_size = particles.box, particles.single_pixel_size()
+        shells = box * pixel_size / self.initial_resolution_A
+        if shells < MIN_SEARCH_SHELLS:
+            raise InputError(particles.source or None, f"a {box}-px box at {pixel_size:g} Å/px holds {shells:.1f} "
+                             f"Fourier shells up to the initial {self.initial_resolution_A:g} Å, too few for the pose "
+                             f"search (at least {MIN_SEARCH_SHELLS})",
+                             "extract particles in a larger box or give a coarser --initial-resolution")
 
     def resolution(self, iteration: int) -> float:
         """Resolution (Å) compared at ``iteration`` (geometric marching, then constant)."""
