@@ -213,7 +213,8 @@ def _report(particles: ParticleSet, state: SGDState, refined: list[RefineState |
             continue
         report.section(f"Class {k + 1}")
         report.figure(map_views(result.full_map, pixel_size), "Refined map: central slices and projections")
-        report.figure(fsc_plot(result.frequency, {"half maps": result.fsc[-1]}), "Half-map FSC")
+        if result.fsc:  # none with --refine-iterations 0
+            report.figure(fsc_plot(result.frequency, {"half maps": result.fsc[-1]}), "Half-map FSC")
     euler = np.asarray(matrix_to_euler(rotations.astype(np.float64)))
     report.section("Orientations").figure(orientation_plot(euler), "Orientations (RELION rot/tilt)")
     return report

@@ -1,0 +1,1 @@
+"""Micrograph preprocessing: CTF estimation, exposure curation, picking, extraction (parallel over micrographs)."""
