@@ -150,25 +150,7 @@ class ParticleSet:
             raise InputError(self.source or None, "no CTF parameters (rlnDefocusU/V, rlnVoltage, "
                              "rlnSphericalAberration)", "add CTF columns or run with --no-ctf")
 
-        def value(column: str, default: float) -> np.ndarray:
-            if column in self.particles:
-                return self.particles[column].to_numpy(np.float64)
-            if column in self.optics:
-                return self.optics_column(column).astype(np.float64)
-            return np.full(len(self), default)
-
-        return pd.DataFrame({
-            "defocus_u": value("rlnDefocusU", 0.0),
-            "defocus_v": value("rlnDefocusV", 0.0),
-            "defocus_angle": value("rlnDefocusAngle", 0.0),
-            "voltage": value("rlnVoltage", 300.0),
-            "cs": value("rlnSphericalAberration", 2.7),
-            "amplitude_contrast": value("rlnAmplitudeContrast", DEFAULT_AMPLITUDE_CONTRAST),
-            "phase_shift": value("rlnPhaseShift", 0.0),
-            "bfactor": value("rlnCtfBfactor", 0.0),
-            "scale": value("rlnCtfScalefactor", 1.0),
-            "pixel_size": self.pixel_size,
-        })
+        return ctf_table(self.particles, self.optics, self.pixel_size)
 
     # ---- classes, half sets, latents -----------------------------------------------------------------
     @property
@@ -220,3 +202,30 @@ class ParticleSet:
             if name in self.particles:
                 out[:, k] = self.particles[name].to_numpy(np.float64)
         return out
+
+
+def ctf_table(rows: pd.DataFrame, optics: pd.DataFrame, pixel_size: np.ndarray) -> pd.DataFrame:
+    """CTF parameters per row (with ``rlnOpticsGroup``) in RELION units (defocus_u/v Å, defocus_angle deg,
+    voltage kV, cs mm, amplitude_contrast, phase_shift deg, bfactor Å^2, scale, pixel_size Å): each from the
+    row's column, else its optics group's, else RELION's default."""
+    groups = rows["rlnOpticsGroup"].to_numpy()
+
+    def value(column: str, default: float) -> np.ndarray:
+        if column in rows:
+            return rows[column].to_numpy(np.float64)
+        if column in optics:
+            return optics.set_index("rlnOpticsGroup")[column].loc[groups].to_numpy(np.float64)
+        return np.full(len(rows), default)
+
+    return pd.DataFrame({
+        "defocus_u": value("rlnDefocusU", 0.0),
+        "defocus_v": value("rlnDefocusV", 0.0),
+        "defocus_angle": value("rlnDefocusAngle", 0.0),
+        "voltage": value("rlnVoltage", 300.0),
+        "cs": value("rlnSphericalAberration", 2.7),
+        "amplitude_contrast": value("rlnAmplitudeContrast", DEFAULT_AMPLITUDE_CONTRAST),
+        "phase_shift": value("rlnPhaseShift", 0.0),
+        "bfactor": value("rlnCtfBfactor", 0.0),
+        "scale": value("rlnCtfScalefactor", 1.0),
+        "pixel_size": np.asarray(pixel_size, np.float64),
+    })

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vitreous.data.particles import DEFAULT_AMPLITUDE_CONTRAST
+from vitreous.data.particles import DEFAULT_AMPLITUDE_CONTRAST, ctf_table
 from vitreous.errors import InputError
 from vitreous.io.mrc import read_frames, read_header
 from vitreous.io.stack import relative_name
@@ -69,22 +69,7 @@ class MicrographTable:
         missing = [c for c in ("rlnDefocusU", "rlnDefocusV") if c not in self.table]
         if missing:
             raise InputError(self.source, f"no CTF columns ({', '.join(missing)})", "run `vitreous ctf` first")
-
-        def value(column: str, default: float) -> np.ndarray:
-            if column in self.table:
-                return self.table[column].to_numpy(np.float64)
-            if column in self.optics:
-                return self.optics_column(column).astype(np.float64)
-            return np.full(len(self), default)
-
-        return pd.DataFrame({
-            "defocus_u": value("rlnDefocusU", 0.0), "defocus_v": value("rlnDefocusV", 0.0),
-            "defocus_angle": value("rlnDefocusAngle", 0.0), "voltage": value("rlnVoltage", 300.0),
-            "cs": value("rlnSphericalAberration", 2.7),
-            "amplitude_contrast": value("rlnAmplitudeContrast", DEFAULT_AMPLITUDE_CONTRAST),
-            "phase_shift": value("rlnPhaseShift", 0.0), "bfactor": value("rlnCtfBfactor", 0.0),
-            "scale": value("rlnCtfScalefactor", 1.0), "pixel_size": self.optics_column(PIXEL_SIZE),
-        })
+        return ctf_table(self.table, self.optics, self.optics_column(PIXEL_SIZE))
 
     def image(self, i: int) -> np.ndarray:
         """Micrograph of row ``i`` as float32 [y, x] (checked: 2D, not truncated)."""
