@@ -29,6 +29,7 @@ from vitreous.jobs.record import (
 )
 
 if TYPE_CHECKING:
+    from vitreous.distributed.ranks import Ranks
     from vitreous.report.html import Report
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,22 @@ class Job:
     @classmethod
     def open(cls, out_dir: str | Path, *, command: str, params: Mapping[str, Any] | None = None,
              inputs: Iterable[str | Path] = (), overwrite: bool = False, resume: bool = False,
-             console: bool = True) -> Job:
+             console: bool = True, ranks: Ranks | None = None) -> Job:
         """Check that ``out_dir`` may hold this job (InputError if not); nothing is written until ``with``.
 
         ``params`` are the command's options (JSON-able; paths become strings), ``inputs`` the files it
         reads.  ``resume`` continues an unfinished job with the same command, parameters and inputs;
         ``overwrite`` replaces any earlier job in the folder.  ``console`` also logs to the terminal.
+        Under ``torchrun`` (``ranks``), every rank decides on the folder as it is before any of them enters
+        it; rank 0 gets the job, the other ranks a :class:`FollowerJob` that reads checkpoints but writes nothing.
         """
         folder = Path(out_dir)
         described = describe_inputs(inputs)
         mode, old = decide(folder, command, params, described, overwrite=overwrite, resume=resume)
+        if ranks is not None and ranks.distributed:
+            ranks.barrier()
+        if ranks is not None and not ranks.is_main:
+            return FollowerJob(folder, mode, {}, console=False)
         if mode is Mode.RESUME and old is not None:
             record = dict(old)
             attempt = {key: old.get(key) for key in ("started", "ended", "status", "error", "argv")}
@@ -157,6 +164,25 @@ class Job:
             report.key_values(self.record["params"], caption="Parameters")
         report.links({"run.log": LOG_FILE, "job.json": JOB_FILE})
         return report.write(self.path(REPORT_FILE))
+
+
+class FollowerJob(Job):
+    """A non-zero rank's view of the job under ``torchrun``: it reads the folder (checkpoints, for ``--resume``)
+    and never writes to it; rank 0's :class:`Job` writes the record, log, checkpoints, results and report."""
+
+    def __enter__(self) -> Job:
+        self._catch_sigterm()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._restore_sigterm()
+
+    def save_checkpoint(self, name: str, obj: Any) -> Path:
+        return self.checkpoints.path(name)
+
+    def write_report(self, report: Report) -> Path:
+        return self.path(REPORT_FILE)
 
 
 def _outcome(exc: BaseException | None) -> tuple[str, str | None]:

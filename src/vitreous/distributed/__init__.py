@@ -1,0 +1,1 @@
+"""Running one command as several processes (``torchrun``): ranks, particle shards, all-reduce."""
