@@ -8,11 +8,14 @@ Dask task in ``vitreous ctf``).  Measures, as columns of the micrographs STAR fi
   ``-ln(mean / brightest mean of the run)``, in units of the mean free path ``L``, 0 for the thinnest ice of the
   run.  It needs micrographs in (proportional to) electron counts; NaN where the mean is not positive
   (normalised micrographs).
-* ``vtsCrystallineIce``: the largest ratio, over 1-pixel rings of the rotationally averaged power spectrum
-  between 3.35 and 3.98 Å (hexagonal ice 3.90, 3.67, 3.44 Å; cubic ice 3.67 Å), of the power to its smooth
-  baseline (a line in log power through the rings at 4.1-4.6 Å and, where the pixel size reaches them,
-  3.05-3.25 Å).  About 1-1.3 without crystalline ice, well above 2 with it.  NaN when Nyquist
-  (2 x pixel size) is coarser than 3.35 Å.
+* ``vtsCrystallineIce``: the largest ratio, over the rotationally averaged power spectrum smoothed over
+  ``SMOOTHING`` (0.016 Å^-1: about one Thon-ring period at 3.7 Å and 1.5 µm defocus, so the CTF's oscillations
+  on the water ring average out while a sharp crystalline ring stays) between 3.35 and 3.98 Å (hexagonal ice
+  3.90, 3.67, 3.44 Å; cubic ice 3.67 Å), of the power to its smooth baseline: a quadratic in log power fitted
+  over 3.05-4.6 Å (as far as Nyquist reaches) away from those rings (``RING_EXCLUSION``), which follows the
+  broad water ring of amorphous ice at 3.7 Å but not the sharp crystalline rings.  About 1-1.4 without
+  crystalline ice, above 3 with it (simulated micrographs).  NaN when Nyquist (2 x pixel size) is coarser
+  than 3.35 Å.
 
 Selection: ``parse_selection("rlnCtfMaxResolution<6,vtsCrystallineIce<2")`` gives conditions ``COLUMN OP
 VALUE`` (OP one of ``< <= > >= == !=``), all of which a kept micrograph meets; NaN meets none.
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.ndimage import uniform_filter1d
 
 from vitreous.errors import InputError
 from vitreous.io.micrographs import read_micrograph
@@ -36,7 +40,10 @@ from vitreous.physics.fourier import radial_average
 from vitreous.preprocess.ctf_estimate import CTFEstimate, CTFSearch, Optics, fit_ctf, periodogram, tile_size
 
 ICE_RINGS_A = (3.98, 3.35)
-BASELINE_A = ((4.6, 4.1), (3.25, 3.05))
+CRYSTAL_RINGS_A = (3.90, 3.67, 3.44)
+BASELINE_A = (4.6, 3.05)
+RING_EXCLUSION = 0.008  # 1/Å either side of a crystalline ring left out of the baseline fit
+SMOOTHING = 0.016  # 1/Å, boxcar width of the profile smoothing
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
              ">": operator.gt}
 CONDITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -59,19 +66,14 @@ def crystalline_ice_score(power: torch.Tensor, pixel_size: float) -> float:
     T = power.shape[-1]
     profile = radial_average(power.double()).numpy()
     k = np.arange(len(profile)) / (T * pixel_size)
-    nyquist = 0.5 / pixel_size
-
-    def rings(low_a: float, high_a: float) -> np.ndarray:
-        return (k >= 1 / low_a) & (k <= min(1 / high_a, nyquist))
-
-    ice = rings(*ICE_RINGS_A)
-    baseline = rings(*BASELINE_A[0]) | rings(*BASELINE_A[1])
-    log_power = np.log(np.clip(profile, 1e-30, None))
-    if rings(*BASELINE_A[1]).sum() >= 2:
-        slope, intercept = np.polyfit(k[baseline], log_power[baseline], 1)
-        fit = slope * k[ice] + intercept
-    else:
-        fit = np.full(int(ice.sum()), np.median(log_power[baseline]))
+    ice = (k >= 1 / ICE_RINGS_A[0]) & (k <= 1 / ICE_RINGS_A[1])
+    near_ring = np.min(np.abs(k[:, None] - 1 / np.array(CRYSTAL_RINGS_A)[None]), axis=1) < RING_EXCLUSION
+    baseline = (k >= 1 / BASELINE_A[0]) & (k <= min(1 / BASELINE_A[1], 0.5 / pixel_size)) & ~near_ring
+    width = max(1, int(round(SMOOTHING * T * pixel_size)))
+    smooth = uniform_filter1d(profile, width, mode="nearest")
+    log_power = np.log(np.clip(smooth, 1e-30, None))
+    degree = 2 if (k[baseline] > 1 / ICE_RINGS_A[1]).sum() >= 2 else 0
+    fit = np.polyval(np.polyfit(k[baseline], log_power[baseline], degree), k[ice])
     return float(np.exp(log_power[ice] - fit).max())
 
 

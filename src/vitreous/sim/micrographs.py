@@ -23,8 +23,12 @@ their full potential to the ice.
 Ice: a mean thickness per micrograph (uniform in ``ice_thickness_A``) times ``1 + ice_variation * g(x)``, with
 ``g`` a unit-variance Gaussian random field of correlation length ``ice_correlation_A``; its mean potential is
 ``n_water * f_water(0)`` per Å of thickness, and its amorphous structure adds a random potential of power
-spectrum ``n t S |f(k)|^2`` (independent molecules of number density ``n`` in thickness ``t``, scaled by an
-effective structure factor ``ice_structure``), which gives Thon rings without particles, as real ice does.
+spectrum ``n t S(k) |f(k)|^2`` (molecules of number density ``n`` in thickness ``t``, form factor ``f``), which
+gives Thon rings without particles, as real ice does.  The structure factor of amorphous water is
+``S(k) = s0 (1 + AMORPHOUS_PEAK * exp(-(k - 1/3.7 Å)^2 / (2 w^2)))``: flat at low frequencies at ``s0 =
+ice_structure`` (0.06, the compressibility limit ``n kT kappa_T`` of water) with the first diffraction peak of
+vitreous ice at 3.7 Å (Q = 1.7 Å^-1) reaching about 2; amorphous carbon uses the flat part only.  (A flat
+``S = 0.3`` used before made the ice 5x noisier than water at the frequencies that align particles.)
 Crystalline ice (probability ``crystalline``) adds rings of hexagonal ice at 3.90, 3.67 and 3.44 Å.  A carbon
 edge (probability ``carbon``) covers part of the field beyond a straight or curved (hole-edge) boundary with
 ``carbon_thickness_A`` of amorphous carbon; contamination blobs (a Poisson number, mean ``contamination``) are
@@ -53,7 +57,10 @@ WATER_DENSITY = 0.031  # molecules / Å^3 (vitreous ice, 0.93 g/cm^3)
 CARBON_DENSITY = 0.1  # atoms / Å^3 (amorphous carbon, 2.0 g/cm^3)
 ICE_RINGS_A = (3.90, 3.67, 3.44)  # hexagonal ice (100), (002), (101) spacings
 RING_WIDTH = 0.004  # 1/Å, Gaussian sd of each crystalline-ice ring
-RING_HEIGHT = 30.0  # structure-factor peak of the crystalline rings
+RING_HEIGHT = 500.0  # structure-factor peak of the crystalline rings, relative to S(0)
+AMORPHOUS_PEAK_A = 3.7  # first diffraction peak of vitreous ice (Q = 1.7 Å^-1)
+AMORPHOUS_PEAK_WIDTH = 0.02  # 1/Å, Gaussian sd of that peak
+AMORPHOUS_PEAK = 32.0  # its height relative to S(0): S(peak) ~ 2 for S(0) = 0.06
 NOISE_SAMPLE = 32  # projections per model used to set the Gaussian noise level
 CTF_COLUMNS = ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift"]
 
@@ -79,7 +86,7 @@ class MicrographOptions:
     ice_thickness_A: tuple[float, float] = (300.0, 600.0)
     ice_variation: float = 0.15
     ice_correlation_A: float = 400.0
-    ice_structure: float = 0.3
+    ice_structure: float = 0.06  # S(k -> 0) of amorphous water
     crystalline: float = 0.0
     carbon: float = 0.0
     carbon_thickness_A: float = 150.0
@@ -294,6 +301,9 @@ class MicrographSimulator:
             molecule, density = (["O", "H", "H"], WATER_DENSITY) if material == "water" else (["C"], CARBON_DENSITY)
             form = _form_factor(molecule, k) * torch.exp(-auto_blur(o.apix) * k**2 / 4.0)
             structure = torch.full_like(k, o.ice_structure)
+            if material == "water":
+                peak = torch.exp(-0.5 * ((k - 1 / AMORPHOUS_PEAK_A) / AMORPHOUS_PEAK_WIDTH) ** 2)
+                structure += AMORPHOUS_PEAK * o.ice_structure * peak
             if crystalline:
                 for spacing in ICE_RINGS_A:
                     structure += RING_HEIGHT * o.ice_structure * torch.exp(-0.5 * ((k - 1 / spacing) / RING_WIDTH) ** 2)
