@@ -3,6 +3,7 @@ pixel size from the metadata, subsets, and the MRC map/stack writers."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mrcfile
@@ -141,3 +142,56 @@ def test_stack_writer(tmp_path: Path) -> None:
     with mrcfile.open(path) as mrc:
         assert float(mrc.header.dmean) == pytest.approx(images.mean(), abs=1e-5)
         assert float(mrc.header.rms) == pytest.approx(images.std(), rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_random_batches_match_the_stack(tmp_path: Path, make_stack, dtype) -> None:
+    data = np.random.default_rng(5).normal(size=(50, 8, 8)).astype(dtype)
+    stack = ImageStack.from_file(make_stack(tmp_path / "s.mrcs", data))
+    rng = np.random.default_rng(6)
+    for _ in range(5):
+        picks = rng.choice(50, size=12, replace=True)  # unsorted, with repeats
+        np.testing.assert_array_equal(stack.read(picks), data[picks].astype(np.float32))
+    np.testing.assert_array_equal(stack.read([-1, -50]), data[[49, 0]].astype(np.float32))
+    mask = rng.random(50) < 0.3
+    np.testing.assert_array_equal(stack.read(mask), data[mask].astype(np.float32))
+    np.testing.assert_array_equal(stack.read(slice(45, None, 2)), data[45::2].astype(np.float32))
+    assert stack.read([]).shape == (0, 8, 8)
+    for bad in ([50], [-51], [1.5]):
+        with pytest.raises(IndexError):
+            stack.read(bad)
+
+
+def test_consecutive_frames_are_read_at_once(tmp_path: Path, make_stack, monkeypatch) -> None:
+    """A batch is read with one read per run of consecutive frames, in any order it is asked for."""
+    data = np.random.default_rng(7).normal(size=(30, 8, 8)).astype(np.float32)
+    stack = ImageStack.from_file(make_stack(tmp_path / "s.mrcs", data))
+    reads = []
+
+    class Counting:
+        def __init__(self, fh) -> None:
+            self.fh = fh
+
+        def seek(self, offset: int) -> int:
+            return self.fh.seek(offset)
+
+        def readinto(self, buffer) -> int:
+            reads.append(len(buffer))
+            return self.fh.readinto(buffer)
+
+    opened = ImageStack._file
+    monkeypatch.setattr(ImageStack, "_file", lambda self, f: Counting(opened(self, f)))
+    batch = [12, 5, 6, 13, 7, 8, 14, 20]  # runs 5-8, 12-14, 20
+    np.testing.assert_array_equal(stack.read(batch), data[batch])
+    assert sorted(reads) == [256, 3 * 256, 4 * 256]  # bytes
+    reads.clear()
+    stack.read(slice(0, 30))
+    assert reads == [30 * 256]
+
+
+def test_truncated_while_reading(tmp_path: Path, make_stack) -> None:
+    path = make_stack(tmp_path / "s.mrcs", np.zeros((10, 8, 8), np.float32))
+    stack = ImageStack.from_file(path)
+    os.truncate(path, path.stat().st_size - 100)
+    with pytest.raises(InputError, match="truncated while reading"):
+        stack.read([9])

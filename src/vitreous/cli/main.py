@@ -15,9 +15,9 @@ from vitreous.errors import InputError
 
 # modules of vitreous.cli, each with register(app) adding the command of the same name with '-' for '_';
 # order of --help
-COMMANDS = ("info", "convert", "simulate", "simulate_micrographs", "ctf", "pick", "extract", "backproject", "refine",
-            "abinit", "classify3d", "class2d", "select2d", "train_vae", "train_field", "abinit_neural", "eval_vol",
-            "analyze", "fsc", "demo")
+COMMANDS = ("info", "convert", "preprocess", "simulate", "simulate_micrographs", "ctf", "pick", "extract",
+            "backproject", "refine", "abinit", "classify3d", "class2d", "select2d", "train_vae", "train_field",
+            "abinit_neural", "eval_vol", "analyze", "fsc", "demo")
 
 app = typer.Typer(
     name="vitreous",

@@ -1,7 +1,9 @@
-"""Lazy particle images from MRC stacks: memory-mapped, several files at once, never all in RAM.
+"""Lazy particle images from MRC stacks: read batch by batch, several files at once, never all in RAM.
 
 Image ``i`` is frame ``index[i]`` (0-based) of file ``paths[file_id[i]]``.  Stacks are opened on first use
-through ``numpy`` memory maps and kept in a small cache of open files.
+and kept in a small cache of open files; each batch is read with plain reads, one per run of consecutive frames
+(a sorted batch of a contiguous stack or particle cache is one read).  A stack that is the data file of a
+particle cache (:mod:`vitreous.data.cache`) is checked against the cache's manifest when opened.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
+from vitreous.data.cache import check_cache_file
 from vitreous.errors import InputError
-from vitreous.io.mrc import StackHeader, read_frames, read_header
+from vitreous.io.mrc import StackHeader, read_header
 
 MAX_OPEN_FILES = 256
 
@@ -31,6 +34,8 @@ class ImageStack:
         self.index = np.asarray(index, dtype=np.int64)
         if self.file_id.shape != self.index.shape:
             raise ValueError("file_id and index must have the same length")
+        for path in self.paths:
+            check_cache_file(path)  # one stat for a stack outside a cache folder
         self.headers = [read_header(p) for p in self.paths]
         self._check()
 
@@ -57,6 +62,7 @@ class ImageStack:
     @classmethod
     def from_file(cls, path: str | Path) -> ImageStack:
         """All frames of one stack, in order."""
+        check_cache_file(Path(path))  # before the header: a truncated cache names its fix
         header = read_header(path)
         return cls([path], np.zeros(header.n, np.int64), np.arange(header.n))
 
@@ -90,7 +96,7 @@ class ImageStack:
         if f in self._open:
             self._open.move_to_end(f)
         else:
-            self._open[f] = open(self.paths[f], "rb")  # noqa: SIM115 - closed on eviction / close()
+            self._open[f] = open(self.paths[f], "rb", buffering=0)  # noqa: SIM115 - closed on eviction / close()
             if len(self._open) > MAX_OPEN_FILES:
                 self._open.popitem(last=False)[1].close()
         return self._open[f]
@@ -104,22 +110,47 @@ class ImageStack:
         self.close()
 
     def read(self, indices: int | Sequence[int] | np.ndarray | slice, check_finite: bool = True) -> np.ndarray:
-        """Images ``indices`` as a float32 array (k, D, D) (one index: (D, D)), read from disk now."""
-        idx = np.arange(len(self))[indices]
+        """Images ``indices`` as a float32 array (k, D, D) (one index: (D, D)), read from disk now.
+
+        Within each file the frames are read in increasing order, one read per run of consecutive frames.
+        """
+        idx = self._positions(indices)
         if idx.ndim == 0:
             return self.read(idx[None], check_finite)[0]
-        out = np.empty((len(idx), self.box, self.box), np.float32)
         fids = self.file_id[idx]
-        for f in np.unique(fids):
-            sel = np.nonzero(fids == f)[0]
-            frames = self.index[idx[sel]]
-            order = np.argsort(frames, kind="stable")  # sequential reads within a file
-            out[sel[order]] = read_frames(self._file(int(f)), self.headers[f], frames[order])
+        files, frames = np.unique(fids), self.index[idx]
+        out = np.empty((len(idx), self.box, self.box), np.float32)
+        if len(files) == 1 and np.all(np.diff(frames) > 0):  # a sorted batch of one file: straight into the output
+            read_runs(self._file(int(files[0])), self.headers[files[0]], frames, out)
+        else:
+            for f in files:
+                sel = np.nonzero(fids == f)[0]
+                order = np.argsort(frames[sel], kind="stable")  # sequential reads within a file
+                part = np.empty((len(sel), self.box, self.box), np.float32)
+                read_runs(self._file(int(f)), self.headers[f], frames[sel][order], part)
+                out[sel[order]] = part
         if check_finite and not np.isfinite(out).all():
             bad = int(idx[np.nonzero(~np.isfinite(out).reshape(len(idx), -1).all(axis=1))[0][0]])
             raise InputError(self.paths[self.file_id[bad]], f"image {self.index[bad] + 1} (particle {bad + 1}) "
                              "contains NaN or infinite pixels", "remove that particle or re-extract it")
         return out
+
+    def _positions(self, indices: int | Sequence[int] | np.ndarray | slice) -> np.ndarray:
+        """0-based image positions of ``indices`` (negative ones count from the end), without an (N,) array."""
+        n = len(self)
+        if isinstance(indices, slice):
+            return np.arange(*indices.indices(n))
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"boolean index of shape {idx.shape} for {n} images")
+            return np.nonzero(idx)[0]
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise IndexError(f"image indices must be integers, not {idx.dtype}")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"image index out of range for {n} images")
+        return np.where(idx < 0, idx + n, idx)
 
     def __getitem__(self, indices: int | Sequence[int] | np.ndarray | slice) -> np.ndarray:
         return self.read(indices)
@@ -136,6 +167,31 @@ class ImageStack:
         """RELION ``N@file`` names (1-based N), paths relative to ``relative_to`` where possible."""
         names = [relative_name(p, relative_to) for p in self.paths]
         return [f"{i + 1:06d}@{names[f]}" for f, i in zip(self.file_id.tolist(), self.index.tolist(), strict=True)]
+
+
+def read_runs(fh: BinaryIO, header: StackHeader, frames: np.ndarray, out: np.ndarray) -> None:
+    """Frames (0-based, increasing) of an open (unbuffered) stack into ``out`` (k, ny, nx) float32, one read per
+    run of consecutive frames; native float32 is read straight into ``out``, other types through a buffer.
+
+    Plain ``readinto`` calls rather than memory maps (random access to a few images of a huge stack must not map
+    large parts of it) or ``numpy.fromfile`` (which re-opens the file through stdio on every call: 3-5x slower
+    for random single-image reads).
+    """
+    if not len(frames):
+        return
+    direct = header.dtype == np.dtype(np.float32)
+    starts = np.concatenate([[0], np.nonzero(np.diff(frames) != 1)[0] + 1]).tolist()
+    for a, b in zip(starts, [*starts[1:], len(frames)], strict=True):
+        target = out[a:b] if direct else np.empty((b - a, header.ny, header.nx), header.dtype)
+        fh.seek(header.data_offset + int(frames[a]) * header.frame_bytes)
+        view, done = memoryview(target).cast("B"), 0
+        while done < len(view):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise InputError(header.path, "file ended early (truncated while reading)", "re-copy the stack")
+            done += got
+        if not direct:
+            out[a:b] = target
 
 
 def relative_name(path: Path, start: Path | None) -> str:
