@@ -74,11 +74,11 @@ def test_an_interrupted_run_resumes_from_its_last_iteration(vitreous, simulated:
     real = refine_module.refine_iteration
     calls: list[int] = []
 
-    def interrupted_second(particles, state, options, progress=None):
+    def interrupted_second(particles, state, options, progress=None, **kwargs):
         calls.append(state.iteration)
         if state.iteration == 1:
             raise KeyboardInterrupt("stopped by the test")
-        return real(particles, state, options, progress)
+        return real(particles, state, options, progress, **kwargs)
 
     monkeypatch.setattr(refine_module, "refine_iteration", interrupted_second)
     options = RefineOptions(max_iterations=2, batch_size=100)  # what FAST asks for, the other options default
@@ -91,9 +91,9 @@ def test_an_interrupted_run_resumes_from_its_last_iteration(vitreous, simulated:
     calls.clear()
     capsys.readouterr()  # drop the interrupted run's output
 
-    def counted(particles, state, options, progress=None):
+    def counted(particles, state, options, progress=None, **kwargs):
         calls.append(state.iteration)
-        return real(particles, state, options, progress)
+        return real(particles, state, options, progress, **kwargs)
 
     monkeypatch.setattr(refine_module, "refine_iteration", counted)
     refused = vitreous("refine", simulated / "particles.star", "--reference", simulated / "truth.mrc", "-o", out,

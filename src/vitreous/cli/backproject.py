@@ -33,22 +33,17 @@ def run_backproject(particles_path: Path, out: Path, *, datadir: Path | None = N
 
     ``map.mrc`` is the Wiener-filtered full map times the soft spherical solvent mask of ``mask_diameter`` Å
     (default: 90 % of the box); the half maps are unfiltered and unmasked.  FSC curves: between the half
-    maps and against ``compare``, each without and with the mask.
+    maps and against ``compare``, each without and with the mask.  Under ``torchrun`` every process
+    back-projects its shard of the particles and rank 0 writes the job.
     """
+    from contextlib import nullcontext
 
-    from vitreous.analysis.fsc import fsc_curve, resolution_at
     from vitreous.cli.progress import progress_bar
+    from vitreous.distributed.ranks import for_device, rank_failures, shutdown
     from vitreous.io.formats import read_particles
-    from vitreous.io.mrc import read_map, write_map
     from vitreous.jobs import Job
     from vitreous.physics.symmetry import parse_symmetry
-    from vitreous.reconstruct.backproject import (
-        MASK_EDGE_PX,
-        backproject,
-        check_particles,
-        mask_radius_px,
-        solvent_mask,
-    )
+    from vitreous.reconstruct.backproject import backproject, check_particles
 
     if batch_size < 1 or oversampling < 1:
         raise InputError(None, f"need --batch-size >= 1 and --oversampling >= 1 (got {batch_size}, {oversampling})",
@@ -65,37 +60,54 @@ def run_backproject(particles_path: Path, out: Path, *, datadir: Path | None = N
               "oversampling": oversampling, "device": device, "seed": seed, "apix": apix,
               "compare": str(compare) if compare else None}
     inputs = [particles_path, *([compare] if compare else [])]
-    with Job.open(out, command="backproject", params=params, inputs=inputs, overwrite=overwrite) as job:
-        with progress_bar(len(particles), "backprojecting") as advance:
-            maps = backproject(particles, use_ctf=use_ctf, batch_size=batch_size, oversampling=oversampling,
-                               device=device, seed=seed, symmetry=symmetry, filtered_halves=False,
-                               progress=advance)
-        mask = solvent_mask(particles.box, voxel, mask_diameter)
-        masked = maps.full * mask
-        write_map(job.path("map.mrc"), masked, voxel)
-        write_map(job.path("half_map_1.mrc"), maps.half1_unfiltered, voxel)
-        write_map(job.path("half_map_2.mrc"), maps.half2_unfiltered, voxel)
-        curves = {"fsc_half_maps": maps.fsc,
-                  "fsc_half_maps_masked": fsc_curve(maps.half1_unfiltered, maps.half2_unfiltered, voxel, mask)[1]}
-        if compare is not None:
-            reference = read_map(compare)[0]
-            curves["fsc_vs_reference"] = fsc_curve(maps.full, reference, voxel)[1]
-            curves["fsc_vs_reference_masked"] = fsc_curve(masked, reference * mask, voxel)[1]
-        summary: dict[str, object] = {
-            "particles": len(particles), "box (px)": particles.box, "pixel size (Å)": voxel,
-            "symmetry": symmetry,
-            f"mask diameter (Å, + {MASK_EDGE_PX:g} px soft edge)": 2 * voxel * mask_radius_px(
-                mask_diameter, particles.box, voxel)}
-        for column, curve in curves.items():
-            what = column.removeprefix("fsc_").replace("_", " ")
-            for threshold in (0.143, 0.5):
-                summary[f"FSC={threshold} ({what}, Å)"] = resolution_at(maps.frequency, curve, threshold)
-        _write_table(job.path("fsc.csv"), maps.frequency, curves)
-        job.write_report(_report(particles, maps, masked, curves, summary))
-        for key, value in summary.items():
-            console.err.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}",
-                              markup=False, soft_wrap=True)
+    ranks, device = for_device(device)
+    try:
+        with Job.open(out, command="backproject", params=params, inputs=inputs, overwrite=overwrite,
+                      ranks=ranks) as job, rank_failures(ranks):
+            mine = len(ranks.shard(len(particles)))
+            with progress_bar(mine, "backprojecting") if ranks.is_main else nullcontext(None) as advance:
+                maps = backproject(particles, use_ctf=use_ctf, batch_size=batch_size, oversampling=oversampling,
+                                   device=device, seed=seed, symmetry=symmetry, filtered_halves=False,
+                                   progress=advance, ranks=ranks)
+            if ranks.is_main:
+                _write_results(job, particles, maps, compare, symmetry, mask_diameter)
+    finally:
+        shutdown()
     return job.path("map.mrc")
+
+
+def _write_results(job, particles, maps, compare: Path | None, symmetry: str, mask_diameter: float | None) -> None:
+    """map.mrc (masked), the half maps, fsc.csv, report.html and the summary on the console."""
+    from vitreous.analysis.fsc import fsc_curve, resolution_at
+    from vitreous.io.mrc import read_map, write_map
+    from vitreous.reconstruct.backproject import MASK_EDGE_PX, mask_radius_px, solvent_mask
+
+    voxel = maps.voxel_size
+    mask = solvent_mask(particles.box, voxel, mask_diameter)
+    masked = maps.full * mask
+    write_map(job.path("map.mrc"), masked, voxel)
+    write_map(job.path("half_map_1.mrc"), maps.half1_unfiltered, voxel)
+    write_map(job.path("half_map_2.mrc"), maps.half2_unfiltered, voxel)
+    curves = {"fsc_half_maps": maps.fsc,
+              "fsc_half_maps_masked": fsc_curve(maps.half1_unfiltered, maps.half2_unfiltered, voxel, mask)[1]}
+    if compare is not None:
+        reference = read_map(compare)[0]
+        curves["fsc_vs_reference"] = fsc_curve(maps.full, reference, voxel)[1]
+        curves["fsc_vs_reference_masked"] = fsc_curve(masked, reference * mask, voxel)[1]
+    summary: dict[str, object] = {
+        "particles": len(particles), "box (px)": particles.box, "pixel size (Å)": voxel,
+        "symmetry": symmetry,
+        f"mask diameter (Å, + {MASK_EDGE_PX:g} px soft edge)": 2 * voxel * mask_radius_px(
+            mask_diameter, particles.box, voxel)}
+    for column, curve in curves.items():
+        what = column.removeprefix("fsc_").replace("_", " ")
+        for threshold in (0.143, 0.5):
+            summary[f"FSC={threshold} ({what}, Å)"] = resolution_at(maps.frequency, curve, threshold)
+    _write_table(job.path("fsc.csv"), maps.frequency, curves)
+    job.write_report(_report(particles, maps, masked, curves, summary))
+    for key, value in summary.items():
+        console.err.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}",
+                          markup=False, soft_wrap=True)
 
 
 def _write_table(path: Path, frequency, curves: dict) -> None:

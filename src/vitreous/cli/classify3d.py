@@ -28,12 +28,18 @@ def run_classify3d(particles_path: Path, out: Path, *, reference: Path, classes:
                    initial_lowpass: float = 30.0, tolerance: float = 0.002, batch_size: int = 512,
                    device: str = "cpu", seed: int = 0, datadir: Path | None = None, apix: float | None = None,
                    overwrite: bool = False, resume: bool = False) -> Path:
-    """Classify into the job folder ``out``; returns the path of the output ``particles.star``."""
+    """Classify into the job folder ``out``; returns the path of the output ``particles.star``.
+
+    Under ``torchrun`` every process classifies its shard of the particles and rank 0 writes the job; the
+    checkpoint holds all particles, so ``--resume`` works with any number of processes.
+    """
     import logging
+    from contextlib import nullcontext
 
     from vitreous.cli.progress import progress_bar
+    from vitreous.distributed.ranks import for_device, rank_failures, shutdown
     from vitreous.io.formats import read_particles
-    from vitreous.io.mrc import read_map, write_map
+    from vitreous.io.mrc import read_map
     from vitreous.jobs import Job
     from vitreous.reconstruct.classify3d import check_inputs, check_options, classify3d, match_reference
 
@@ -48,27 +54,44 @@ def run_classify3d(particles_path: Path, out: Path, *, reference: Path, classes:
     params = {"reference": str(reference), "classes": classes, "iterations": iterations,
               "initial_lowpass_A": initial_lowpass, "tolerance": tolerance, "batch_size": batch_size,
               "device": device, "seed": seed, "apix": apix}
-    with Job.open(out, command="classify3d", params=params, inputs=[particles_path, reference],
-                  overwrite=overwrite, resume=resume) as job:
-        for note in notes:
-            log.warning(note)
-        state = job.load_checkpoint(CHECKPOINT) if job.resumed else None
-        if state is not None:
-            log.info("resuming after iteration %d", state["iteration"])
-        with progress_bar(len(particles) * iterations, "classifying (particles x iterations)") as advance:
-            result = classify3d(particles, ref_map, classes, iterations=iterations, initial_lowpass=initial_lowpass,
-                                tolerance=tolerance, batch_size=batch_size, device=device, seed=seed, state=state,
-                                on_state=lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()), progress=advance)
-        for k in range(classes):
-            write_map(job.path(f"class_{k + 1:03d}.mrc"), result.maps[k], voxel)
-        star = job.path("particles.star")
-        _write_particles(star, particles, result)
-        _write_table(job.path("class_sizes.csv"), _size_table(result))
-        _write_table(job.path("fsc.csv"), _fsc_table(result))
-        job.write_report(_report(particles, result))
-        for k, n in enumerate(_final_counts(result)):
-            console.err.print(f"class {k + 1}: {n} particles ({100 * n / len(particles):.1f}%)", markup=False)
-    return star
+    ranks, device = for_device(device)
+    try:
+        with Job.open(out, command="classify3d", params=params, inputs=[particles_path, reference],
+                      overwrite=overwrite, resume=resume, ranks=ranks) as job, rank_failures(ranks):
+            state = job.load_checkpoint(CHECKPOINT) if job.resumed else None
+            if ranks.is_main:
+                for note in notes:
+                    log.warning(note)
+                if state is not None:
+                    log.info("resuming after iteration %d", state["iteration"])
+            total = len(ranks.shard(len(particles))) * iterations
+            bar = progress_bar(total, "classifying (particles x iterations)") if ranks.is_main else nullcontext(None)
+            with bar as advance:
+                result = classify3d(particles, ref_map, classes, iterations=iterations,
+                                    initial_lowpass=initial_lowpass, tolerance=tolerance, batch_size=batch_size,
+                                    device=device, seed=seed, state=state,
+                                    on_state=lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()),
+                                    progress=advance, ranks=ranks)
+            if ranks.is_main:
+                _write_results(job, particles, result)
+    finally:
+        shutdown()
+    return job.path("particles.star")
+
+
+def _write_results(job, particles: ParticleSet, result: ClassificationResult) -> None:
+    """The class maps, particles.star, class_sizes.csv, fsc.csv, report.html and the class sizes on the console."""
+    from vitreous.io.mrc import write_map
+
+    classes, voxel = result.maps.shape[0], result.voxel_size
+    for k in range(classes):
+        write_map(job.path(f"class_{k + 1:03d}.mrc"), result.maps[k], voxel)
+    _write_particles(job.path("particles.star"), particles, result)
+    _write_table(job.path("class_sizes.csv"), _size_table(result))
+    _write_table(job.path("fsc.csv"), _fsc_table(result))
+    job.write_report(_report(particles, result))
+    for k, n in enumerate(_final_counts(result)):
+        console.err.print(f"class {k + 1}: {n} particles ({100 * n / len(particles):.1f}%)", markup=False)
 
 
 def _final_counts(result: ClassificationResult) -> list[int]:
@@ -252,7 +275,14 @@ def register(app: typer.Typer) -> None:
         resume: Resume = False,
     ) -> None:
         if realign:
+            import os
+
             from vitreous.cli.abinit import run_abinit
+            from vitreous.errors import InputError
+
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise InputError(None, "classify3d --realign does not run under torchrun",
+                                 "run it as one process (without torchrun)")
             from vitreous.reconstruct.abinit import AbinitOptions
 
             options = AbinitOptions(classes=classes, iterations=40 if iterations is None else iterations,

@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 CHECKPOINT = "refine"
 
 
-def load_reference(path: Path, box: int, pixel_size: float) -> Any:
-    """The reference map on the particles' grid (resampled with a warning where needed)."""
+def load_reference(path: Path, box: int, pixel_size: float, warn: bool = True) -> Any:
+    """The reference map on the particles' grid (resampled, with a warning unless ``warn`` is False)."""
     from vitreous.io.mrc import read_map
     from vitreous.reconstruct.refine import match_reference
 
     volume, voxel = read_map(path)
     volume, warnings = match_reference(volume, voxel, box, pixel_size, str(path))
-    for warning in warnings:
+    for warning in warnings if warn else ():
         console.err.print(f"warning: {path}: {warning}", markup=False, soft_wrap=True)
     return volume
 
@@ -34,10 +34,15 @@ def load_reference(path: Path, box: int, pixel_size: float) -> Any:
 def run_refine(particles_path: Path, reference_path: Path, out: Path, options: RefineOptions, *,
                datadir: Path | None = None, apix: float | None = None, resume: bool = False,
                overwrite: bool = False) -> Path:
-    """Refine into the job folder ``out``; returns the path of ``map.mrc``.  Inputs are checked first."""
-    from dataclasses import asdict
+    """Refine into the job folder ``out``; returns the path of ``map.mrc``.  Inputs are checked first.
+
+    Under ``torchrun`` every process refines its shard of the particles and rank 0 writes the job; the
+    checkpoint holds all particles, so ``--resume`` works with any number of processes.
+    """
+    from dataclasses import asdict, replace
 
     from vitreous.cli.progress import progress_bar
+    from vitreous.distributed.ranks import for_device, rank_failures, shutdown
     from vitreous.io.formats import read_particles
     from vitreous.jobs import Job
     from vitreous.reconstruct.refine import RefineState, check_particles, initial_state, refine
@@ -51,17 +56,24 @@ def run_refine(particles_path: Path, reference_path: Path, out: Path, options: R
     if options.local_only and not particles.has_poses:
         raise InputError(particles_path, "--local-only needs poses (rlnAngleRot/Tilt/Psi) in the particles",
                          "leave out --local-only for a global search")
-    reference = load_reference(reference_path, box, pixel_size)
     params = {**asdict(options), "apix": apix}
-    with Job.open(out, command="refine", params=params, inputs=[particles_path, reference_path],
-                  overwrite=overwrite, resume=resume) as job:
-        saved = job.load_checkpoint(CHECKPOINT) if job.resumed else None
-        state = RefineState.from_dict(saved) if saved is not None else initial_state(particles, reference, options)
-        if saved is not None:
-            console.err.print(f"resuming after iteration {state.iteration}", markup=False)
-        state = refine(particles, state, options, on_iteration=lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()),
-                       progress=lambda text, n: progress_bar(n, text))
-        _write_results(job, particles, state, options, pixel_size)
+    ranks, device = for_device(options.device)
+    try:
+        reference = load_reference(reference_path, box, pixel_size, warn=ranks.is_main)
+        with Job.open(out, command="refine", params=params, inputs=[particles_path, reference_path],
+                      overwrite=overwrite, resume=resume, ranks=ranks) as job, rank_failures(ranks):
+            saved = job.load_checkpoint(CHECKPOINT) if job.resumed else None
+            state = (RefineState.from_dict(saved) if saved is not None
+                     else initial_state(particles, reference, options))
+            if saved is not None and ranks.is_main:
+                console.err.print(f"resuming after iteration {state.iteration}", markup=False)
+            state = refine(particles, state, replace(options, device=device),
+                           on_iteration=lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()),
+                           progress=(lambda text, n: progress_bar(n, text)) if ranks.is_main else None, ranks=ranks)
+            if ranks.is_main:
+                _write_results(job, particles, state, options, pixel_size)
+    finally:
+        shutdown()
     return job.path("map.mrc")
 
 

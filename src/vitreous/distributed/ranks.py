@@ -9,16 +9,25 @@ sums accumulators and gradients with :meth:`Ranks.all_reduce`, and only rank 0 w
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import re
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from vitreous.errors import InputError
+
 TIMEOUT_S = 600  # a collective waiting longer than this for a dead rank fails
+PATIENT_TIMEOUT_S = 7 * 24 * 3600  # how long the other ranks wait for rank 0's serial work in Ranks.on_main
+T = TypeVar("T")
+_patient_group: list[Any] = []  # the gloo group of Ranks.on_main, made on its first call
 
 
 @dataclass(frozen=True)
@@ -68,8 +77,63 @@ class Ranks:
         if self.distributed:
             dist.barrier()
 
+    def on_main(self, work: Callable[[], T]) -> T:
+        """``work()`` run by rank 0 alone, its (picklable) result returned on every rank.
+
+        The other ranks wait without the :data:`TIMEOUT_S` of the collectives (up to :data:`PATIENT_TIMEOUT_S`),
+        so rank 0 may do long serial work first (a backprojection, the classical ab initio stages, reading a
+        checkpoint); an exception in ``work`` is raised on every rank.  Every rank must call it (a collective).
+        """
+        if not self.distributed:
+            return work()
+        if not _patient_group:
+            _patient_group.append(dist.new_group(backend="gloo",
+                                                 timeout=datetime.timedelta(seconds=PATIENT_TIMEOUT_S)))
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = (True, work())
+            except BaseException as exc:
+                dist.broadcast_object_list([(False, _described(exc))], src=0, group=_patient_group[0])
+                raise
+        dist.broadcast_object_list(box, src=0, group=_patient_group[0])
+        ok, value = box[0]
+        if not ok:
+            raise _rebuilt(value)
+        return value
+
+    def gather_rows(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The full array on every rank when each rank computed ``values[rows]`` of it (``rows``: this rank's
+        indices along axis 0, disjoint across ranks and covering all rows): the others' rows are filled in.
+
+        Zero-filled copies are summed (exact: every row has one non-zero contribution), in float64.
+        """
+        if not self.distributed:
+            return values
+        rows = np.asarray(rows, np.int64)
+        device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        full = torch.zeros(values.shape, dtype=torch.float64, device=device)
+        full[torch.as_tensor(rows, device=device)] = torch.as_tensor(values[rows], dtype=torch.float64, device=device)
+        dist.all_reduce(full, op=dist.ReduceOp.SUM)
+        return full.cpu().numpy().astype(values.dtype)
+
 
 SINGLE = Ranks()
+
+
+def _described(exc: BaseException) -> tuple[str, str | None, str, str]:
+    """What the other ranks need to raise ``exc`` again (exceptions such as InputError do not unpickle)."""
+    if isinstance(exc, InputError):
+        return "input", exc.path, exc.problem, exc.fix
+    kind = "interrupt" if isinstance(exc, KeyboardInterrupt) else "other"
+    return kind, None, f"rank 0 stopped: {type(exc).__name__}: {exc}", ""
+
+
+def _rebuilt(described: tuple[str, str | None, str, str]) -> BaseException:
+    kind, path, problem, fix = described
+    if kind == "input":
+        return InputError(path, problem, fix)
+    return KeyboardInterrupt(problem) if kind == "interrupt" else RuntimeError(problem)
 
 
 def current(backend: str | None = None) -> Ranks:
@@ -91,7 +155,55 @@ def current(backend: str | None = None) -> Ranks:
     return Ranks(rank, world_size, local_rank)
 
 
+def for_device(device: str) -> tuple[Ranks, str]:
+    """:func:`current` for work on ``device`` (gloo for ``cpu``, NCCL for CUDA), and the device this rank uses:
+    under ``torchrun`` a plain ``cuda`` means this rank's GPU, ``cuda:LOCAL_RANK``."""
+    ranks = current("gloo" if torch.device(device).type == "cpu" else None)
+    if ranks.distributed and device == "cuda":
+        device = f"cuda:{ranks.local_rank}"
+    return ranks, device
+
+
+@contextlib.contextmanager
+def rank_failures(ranks: Ranks) -> Iterator[None]:
+    """Under ``torchrun``, report at once, in one line on stderr, that this rank stopped because another one did,
+    and advise ``--resume`` (from the last checkpoint, with any number of ranks).
+
+    Use it inside a :class:`~vitreous.jobs.Job`.  A failed collective (a peer's connection reset, or
+    :data:`TIMEOUT_S` passed) and the SIGTERM with which torchrun stops the surviving ranks (a KeyboardInterrupt
+    inside a Job) both become a KeyboardInterrupt with that message: the job is 'interrupted', exit code 130.
+    The line is printed before anything else, since torchrun may kill this rank soon after.
+    """
+    if not ranks.distributed:
+        yield
+        return
+    try:
+        yield
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        if isinstance(exc, RuntimeError) and not _lost_peer(exc):
+            raise
+        why = f"lost the other ranks ({_cause(exc)})" if isinstance(exc, RuntimeError) else (
+            f"was stopped ({exc or 'interrupted'}: torchrun stops every rank when one fails; or Ctrl-C, a time limit)")
+        message = (f"rank {ranks.rank} of {ranks.world_size} {why}; the last checkpoint is kept: relaunch with "
+                   "--resume (with any number of ranks)")
+        print(f"vitreous: {message}", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt(message) from exc
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a collective that failed (gloo raises some of them as plain RuntimeErrors)."""
+    return isinstance(exc, dist.DistError) or re.search(r"gloo|nccl|connection (reset|closed)", str(exc),
+                                                         re.IGNORECASE) is not None
+
+
+def _cause(exc: BaseException) -> str:
+    """The gist of a backend error: its first sentence without the source location."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().split("\n")[0])
+    return text.split(". ")[0] or type(exc).__name__
+
+
 def shutdown() -> None:
     """Leave the process group (at the end of a command)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    _patient_group.clear()

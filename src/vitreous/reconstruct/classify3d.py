@@ -30,6 +30,11 @@ squares), each plus an independent random perturbation (white noise low-passed t
 ``perturbation`` times the reference's norm); noise spectrum from the residuals of a sample of particles
 against the scaled reference.  The first E-step is limited to ``initial_lowpass``.  Iterations stop when
 at most ``tolerance`` of the particles change their most probable class, or after ``iterations``.
+
+Under ``torchrun`` (``ranks``) each process handles its shard of each half set (and of the noise sample); the
+back-projection accumulators (each half as soon as it is complete), the noise sums and the posteriors are summed
+over the processes, so every rank holds the same state, which covers all particles (checkpoints resume with any
+number of processes).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from torch import Tensor
 
 from vitreous.analysis.fsc import fsc_curve, resolution_at
 from vitreous.data.particles import ParticleSet
+from vitreous.distributed.ranks import SINGLE, Ranks
 from vitreous.errors import InputError
 from vitreous.physics.ctf import CTFParams, compute_ctf
 from vitreous.physics.fourier import (
@@ -60,7 +66,13 @@ from vitreous.physics.fourier import (
     window,
 )
 from vitreous.physics.projection import Backprojector, Projector, padded_to_volume
-from vitreous.reconstruct.backproject import MIN_SNR, HalfSetBackprojector, assign_halves, batches
+from vitreous.reconstruct.backproject import (
+    MIN_SNR,
+    HalfSetBackprojector,
+    all_reduce_accumulators,
+    assign_halves,
+    batches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +257,7 @@ def _shell_weights(data: _Data, noise: Tensor, limit: int) -> Tensor:
 
 
 def _initial_state(data: _Data, reference: np.ndarray, classes: int, initial_lowpass: float,
-                   perturbation: float, seed: int, batch_size: int) -> ClassificationState:
+                   perturbation: float, seed: int, batch_size: int, ranks: Ranks) -> ClassificationState:
     """Scaled, low-passed reference plus independent perturbations; noise from a sample's residuals."""
     box, apix, device = data.box, data.apix, data.device
     ref = lowpass(torch.as_tensor(reference, dtype=torch.float32, device=device), initial_lowpass, apix, ndim=3)
@@ -253,11 +265,13 @@ def _initial_state(data: _Data, reference: np.ndarray, classes: int, initial_low
     sample = np.sort(np.random.default_rng(seed).choice(len(data), min(len(data), NOISE_SAMPLE), replace=False))
     projector = Projector(ref)
     sums = torch.zeros(3, data.n_shells, dtype=torch.float64, device=device)  # |X|^2, Re(X* M), |M|^2 per shell
-    for start in range(0, len(sample), batch_size):
-        spectra, ctf, rotations, _ = data.batch(sample[start:start + batch_size])
+    mine = ranks.shard(sample)
+    for part in batches(len(mine), batch_size):
+        spectra, ctf, rotations, _ = data.batch(mine[part])
         model = ctf * projector.slices(rotations)
         terms = torch.stack([spectra.abs() ** 2, (spectra.conj() * model).real, model.abs() ** 2], dim=1)
         sums += shell_sum(terms, data.shells, data.n_shells).sum(0).double()
+    ranks.all_reduce(sums)
     shells = torch.arange(data.n_shells, device=device)
     used = (shells >= 1) & (shells <= limit)
     cross, power = float(sums[1, used].sum()), float(sums[2, used].sum())
@@ -307,7 +321,7 @@ def _wiener_map(backprojector: Backprojector, fsc: np.ndarray, box: int, oversam
 
 
 def _iterate(data: _Data, state: ClassificationState, batch_size: int, oversampling: int,
-             progress: Callable[[int], None] | None) -> ClassificationState:
+             progress: Callable[[int], None] | None, ranks: Ranks) -> ClassificationState:
     """One E-step (posteriors) and M-step (new maps, priors, noise, E-step limit), half set by half set:
     half-1 particles against the half-2 maps of the last iteration, then half-2 particles against the
     half-1 maps just rebuilt from them (regularised with the last iteration's FSC)."""
@@ -322,9 +336,11 @@ def _iterate(data: _Data, state: ClassificationState, batch_size: int, oversampl
         fsc = state.fsc
     else:  # before the first M-step: trust the start up to the first E-step's resolution
         fsc = np.where(np.arange(data.n_shells) <= state.limit, 1.0, 0.0)[None].repeat(K, 0)
+    rows = []
     for h in range(2):
         projectors = [Projector(volume) for volume in compare]
-        members = np.nonzero(data.halves.numpy() == h)[0]
+        members = ranks.shard(np.nonzero(data.halves.numpy() == h)[0])
+        rows.append(members)
         for batch in batches(len(members), batch_size):
             idx = members[batch]
             spectra, ctf, rotations, _ = data.batch(idx)
@@ -345,10 +361,14 @@ def _iterate(data: _Data, state: ClassificationState, batch_size: int, oversampl
                     accumulators[k].halves[h].insert(spectra[sel] * (wk * ck), wk * ck**2, rotations[sel])
             if progress is not None:
                 progress(len(idx))
+        for acc in accumulators:
+            all_reduce_accumulators(acc.halves[h], ranks)
         if h == 0:  # half-2 particles are compared with the new half-1 maps
             compare = [_wiener_map(accumulators[k].halves[0], fsc[k], data.box, oversampling)
                        if accumulators[k].halves[0].count > 0 else state.half_maps[k, 0].to(device)
                        for k in range(K)]
+    ranks.all_reduce(noise_total)
+    posteriors = torch.from_numpy(ranks.gather_rows(posteriors.numpy(), np.concatenate(rows)))
     counts = shell_sum(torch.ones_like(data.shells, dtype=torch.float64), data.shells, data.n_shells)
     noise = (noise_total / (counts * len(data))).cpu()
     results = [None if min(h.count for h in acc.halves) == 0 else acc.reconstruct(data.apix)
@@ -387,13 +407,14 @@ def classify3d(particles: ParticleSet, reference: np.ndarray, classes: int, *, i
                batch_size: int = 512, oversampling: int = 2, device: str | torch.device = "cpu", seed: int = 0,
                state: ClassificationState | dict[str, Any] | None = None,
                on_state: Callable[[ClassificationState], None] | None = None,
-               progress: Callable[[int], None] | None = None) -> ClassificationResult:
+               progress: Callable[[int], None] | None = None, ranks: Ranks = SINGLE) -> ClassificationResult:
     """Classify particles (poses and CTF known) into ``classes`` 3D classes; see the module docstring.
 
     ``reference`` is a (D, D, D) map at the particles' box and pixel size (:func:`match_reference`).
     ``state`` resumes from a saved :class:`ClassificationState` (or its ``to_dict()``); ``on_state`` is
     called with the state after initialisation and after every iteration (to checkpoint it);
-    ``progress(n)`` after every batch of n particles.
+    ``progress(n)`` after every batch of n particles (this rank's, under ``torchrun``: see the module
+    docstring; every rank returns the same result).
     """
     check_inputs(particles, classes)
     check_options(iterations=iterations, initial_lowpass=initial_lowpass, tolerance=tolerance,
@@ -406,7 +427,7 @@ def classify3d(particles: ParticleSet, reference: np.ndarray, classes: int, *, i
     if isinstance(state, dict):
         state = ClassificationState.from_dict(state)
     if state is None:
-        state = _initial_state(data, reference, classes, initial_lowpass, perturbation, seed, batch_size)
+        state = _initial_state(data, reference, classes, initial_lowpass, perturbation, seed, batch_size, ranks)
         if on_state is not None:
             on_state(state)
     elif state.maps.shape != (classes, box, box, box) or (
@@ -414,7 +435,7 @@ def classify3d(particles: ParticleSet, reference: np.ndarray, classes: int, *, i
         raise InputError(None, "the checkpoint does not match these particles and classes",
                          "rerun with --overwrite")
     while state.iteration < iterations and not state.converged:
-        state = _iterate(data, state, batch_size, oversampling, progress)
+        state = _iterate(data, state, batch_size, oversampling, progress, ranks)
         state.converged = state.iteration > 1 and state.history[-1]["changed"] <= tolerance
         if on_state is not None:
             on_state(state)

@@ -21,6 +21,11 @@ It stops after ``max_iterations`` or when an iteration at the finest local step 
 less than 1 %.  With a point group (``symmetry``), every pose is inserted at its equivalent orientations
 (:class:`~vitreous.physics.symmetry.SymmetricBackprojector`); the search still covers all of SO(3).  Poses are
 RELION matrices ``A`` and origins (px); maps are [z, y, x] with voxel size ``pixel_size`` Å.
+
+Under ``torchrun`` (``ranks``) each process searches and inserts its shard of each half set; the accumulators,
+the residual sums and the per-particle poses are summed over the processes, so every rank holds the same maps
+and state (the state, and so a checkpoint, covers all particles whatever the number of processes).  The first
+noise estimate (at most ``NOISE_SAMPLE`` images per half) is computed by every rank from the same sample.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from vitreous.align import (
 from vitreous.align.scoring import Mode
 from vitreous.analysis.fsc import fsc_curve, resolution_at
 from vitreous.data.particles import ParticleSet
+from vitreous.distributed.ranks import SINGLE, Ranks
 from vitreous.errors import InputError
 from vitreous.physics.fourier import fourier_crop, fourier_pad, lowpass, soft_spherical_mask, translate_ft, window
 from vitreous.physics.projection import Projector
@@ -230,11 +236,11 @@ class _Poses:
     significant: np.ndarray
 
 
-def _search_half(particles: ParticleSet, state: RefineState, options: RefineOptions, half: int,
-                 accumulator: HalfSetBackprojector, poses: _Poses, plan: _Plan,
-                 timings: dict[str, float], advance: Callable[[int], None] | None) -> tuple[float, np.ndarray]:
-    """Search the particles of ``half`` against its reference and insert them; returns the fitted reference
-    scale and the residual noise power (D // 2 + 1,) for the next iteration."""
+def _search_half(particles: ParticleSet, state: RefineState, options: RefineOptions, half: int, mine: np.ndarray,
+                 accumulator: HalfSetBackprojector, poses: _Poses, plan: _Plan, timings: dict[str, float],
+                 advance: Callable[[int], None] | None, ranks: Ranks) -> tuple[float, np.ndarray]:
+    """Search this rank's particles ``mine`` of ``half`` against its reference and insert them; returns the
+    fitted reference scale and the residual noise power (D // 2 + 1,) of the whole half for the next iteration."""
     box, apix, device = plan.box, plan.apix, torch.device(options.device)
     members = np.nonzero(state.halves == half)[0]
     images = CroppedImages(particles, device=device)
@@ -246,8 +252,8 @@ def _search_half(particles: ParticleSet, state: RefineState, options: RefineOpti
     search = PoseSearch(slicer, sigma2, box, mode=plan.mode, scale=scale)
     residuals = ResidualShells(box, device)
     full_points = fourier_points(box, box // 2, device)
-    for part in batches(len(members), options.batch_size):
-        idx = members[part]
+    for part in batches(len(mine), options.batch_size):
+        idx = mine[part]
         spectra, ctf = images.read(idx)
         if plan.is_global:
             result = search.global_search(spectra, ctf, _global_options(plan.radius, box, apix, options))
@@ -270,13 +276,15 @@ def _search_half(particles: ParticleSet, state: RefineState, options: RefineOpti
             advance(len(idx))
     for key, value in search.timings.items():
         timings[key] = timings.get(key, 0.0) + value
+    ranks.all_reduce(residuals.sums)
     fitted = residuals.scale(sigma2, int(plan.radius))
     return fitted, residuals.noise(fitted).cpu().numpy()
 
 
 def refine_iteration(particles: ParticleSet, state: RefineState, options: RefineOptions,
-                     progress: ProgressFactory | None = None) -> tuple[RefineState, HalfMaps]:
-    """One iteration (search both halves, reconstruct); returns the new state and the half maps."""
+                     progress: ProgressFactory | None = None, ranks: Ranks = SINGLE) -> tuple[RefineState, HalfMaps]:
+    """One iteration (search both halves, reconstruct); returns the new state and the half maps (the same on
+    every rank; ``progress`` counts this rank's particles)."""
     started = time.perf_counter()
     box, apix = check_particles(particles)
     iteration = state.iteration + 1
@@ -293,12 +301,21 @@ def refine_iteration(particles: ParticleSet, state: RefineState, options: Refine
                    state.significant.copy())
     scale, sigma2, timings = np.ones(2, np.float32), np.zeros((2, box // 2 + 1), np.float32), {}
     what = "global" if is_global else f"local {step:.3g}°"
-    context = progress(f"iteration {iteration} ({what})", len(particles)) if progress else nullcontext(None)
+    mine = [ranks.shard(np.nonzero(state.halves == half)[0]) for half in (0, 1)]
+    total = sum(len(m) for m in mine)
+    context = progress(f"iteration {iteration} ({what})", total) if progress else nullcontext(None)
     with context as advance:
         for half in (0, 1):
-            scale[half], sigma2[half] = _search_half(particles, state, options, half, accumulator, poses, plan,
-                                                     timings, advance)
+            scale[half], sigma2[half] = _search_half(particles, state, options, half, mine[half], accumulator,
+                                                     poses, plan, timings, advance, ranks)
     tick = time.perf_counter()
+    rows = np.concatenate(mine)  # the other ranks' particles are filled in
+    poses = _Poses(*(ranks.gather_rows(values, rows) for values in (
+        poses.rotations, poses.shifts_px, poses.max_weight, poses.significant)))
+    accumulator.all_reduce(ranks)
+    if ranks.distributed:
+        timings["all_reduce"] = time.perf_counter() - tick
+        tick = time.perf_counter()
     maps = accumulator.reconstruct(apix)
     timings["reconstruction"] = time.perf_counter() - tick
     resolution = resolution_at(maps.frequency, maps.fsc, 0.143)
@@ -368,16 +385,17 @@ def _insert(accumulator: HalfSetBackprojector, half: int, spectra: torch.Tensor,
 # ---- the loop ----------------------------------------------------------------------------------------------
 def refine(particles: ParticleSet, state: RefineState, options: RefineOptions,
            on_iteration: Callable[[RefineState], None] | None = None,
-           progress: ProgressFactory | None = None) -> RefineState:
+           progress: ProgressFactory | None = None, ranks: Ranks = SINGLE) -> RefineState:
     """Iterate from ``state`` (``initial_state`` or a checkpoint) until convergence or ``max_iterations``;
-    ``on_iteration`` receives each finished state (to checkpoint it)."""
+    ``on_iteration`` receives each finished state (to checkpoint it).  Under ``torchrun`` every rank calls this
+    with the same ``state`` and gets the same result (see the module docstring)."""
     check_particles(particles)
     if options.symmetry.upper() != "C1":
         from vitreous.physics.symmetry import parse_symmetry
 
         parse_symmetry(options.symmetry)
     while state.iteration < options.max_iterations and not state.converged:
-        state, _ = refine_iteration(particles, state, options, progress)
+        state, _ = refine_iteration(particles, state, options, progress, ranks=ranks)
         if on_iteration is not None:
             on_iteration(state)
     return state
