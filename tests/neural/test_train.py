@@ -70,8 +70,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(two_states, monkeypat
     real = VAE.forward
     calls = [0]
 
-    def poisoned(self, batch, stochastic=True):
-        predicted, posterior = real(self, batch, stochastic)
+    def poisoned(self, batch, stochastic=True, eps=None):
+        predicted, posterior = real(self, batch, stochastic, eps)
         calls[0] += 1
         return (predicted * torch.nan if calls[0] > 8 else predicted), posterior  # 6 batches per epoch
 

@@ -1,5 +1,6 @@
 """``vitreous abinit-neural``: poses, classes and conformations from particles without poses: the ab initio
-stages of ``vitreous abinit`` (same pose-search engine), then a mixture of K neural fields (Hydra-style)."""
+stages of ``vitreous abinit`` (same pose-search engine), then a mixture of K neural fields (Hydra-style).
+Runs under ``torchrun --nproc-per-node N``: the neural stage is data-parallel, see :func:`run_abinit_neural`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
     from vitreous.cli.abinit import AbinitResult
     from vitreous.data.particles import ParticleSet
+    from vitreous.distributed.ranks import Ranks
     from vitreous.neural.data import ParticleBatches
     from vitreous.neural.mixture import MixtureOptions, MixtureState
     from vitreous.reconstruct.abinit import AbinitOptions
@@ -60,18 +62,37 @@ def starting_mixture(particles: ParticleSet, result: AbinitResult, data: Particl
 def run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, neural: MixtureOptions, *,
                       zdim: int = 0, downsample: int | None = None, datadir: Path | None = None,
                       apix: float | None = None, resume: bool = False, overwrite: bool = False) -> Path:
-    """Ab initio + neural mixture into the job folder ``out``; returns the folder.  Inputs are checked first."""
-    from dataclasses import asdict
+    """Ab initio + neural mixture into the job folder ``out``; returns the folder.  Inputs are checked first.
+
+    Under ``torchrun`` (see :mod:`vitreous.distributed.ranks`) rank 0 runs the classical ab initio stages while
+    the other ranks wait; the neural stage (training, pose search, encoding) is shared by all ranks; rank 0
+    writes the job.
+    """
+    from vitreous.distributed.ranks import for_device, shutdown
+
+    ranks, device = for_device(neural.train.device)
+    try:
+        return _run_abinit_neural(particles_path, out, options, neural, ranks, device, zdim=zdim,
+                                  downsample=downsample, datadir=datadir, apix=apix, resume=resume,
+                                  overwrite=overwrite)
+    finally:
+        shutdown()
+
+
+def _run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, neural: MixtureOptions,
+                       ranks: Ranks, device: str, *, zdim: int, downsample: int | None, datadir: Path | None,
+                       apix: float | None, resume: bool, overwrite: bool) -> Path:
+    import contextlib
+    from dataclasses import asdict, replace
 
     import numpy as np
 
-    from vitreous.cli.abinit import abinit_stages
     from vitreous.cli.train_vae import training_progress
+    from vitreous.distributed.ranks import rank_failures
     from vitreous.io.formats import read_particles
-    from vitreous.io.mrc import write_map
     from vitreous.jobs import Job
     from vitreous.neural.data import ParticleBatches
-    from vitreous.neural.mixture import MixtureState, encode_classes, train_mixture
+    from vitreous.neural.mixture import encode_classes, train_mixture
     from vitreous.reconstruct.refine import check_particles
 
     particles = read_particles(particles_path, datadir=datadir, apix=apix)
@@ -82,25 +103,40 @@ def run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, n
     if downsample is not None and not 8 <= downsample <= box:
         raise InputError(None, f"--downsample {downsample} for {box}-px particles", f"give 8 .. {box}")
     params = {**asdict(options), "neural": asdict(neural), "zdim": zdim, "downsample": downsample, "apix": apix}
+    # under torchrun: this rank's GPU for a plain "cuda"
+    neural, options = replace(neural, train=replace(neural.train, device=device)), replace(options, device=device)
+    n = len(particles)
+    unposed = particles.with_poses(rotations=np.tile(np.eye(3), (n, 1, 1)), shifts_angst=np.zeros((n, 2)))
+    data = ParticleBatches(unposed, box=downsample, device=neural.train.device)
     with Job.open(out, command="abinit-neural", params=params, inputs=[particles_path], overwrite=overwrite,
-                  resume=resume) as job:
-        result = abinit_stages(job, particles, options)
-        for k, refined in enumerate(result.refined):  # the classical maps, before the neural stage
-            if refined is not None and refined.iteration > 0:
-                write_map(job.path(_class_name(k, "_refined.mrc")), refined.full_map, particles.single_pixel_size())
-        n = len(particles)
-        unposed = particles.with_poses(rotations=np.tile(np.eye(3), (n, 1, 1)), shifts_angst=np.zeros((n, 2)))
-        data = ParticleBatches(unposed, box=downsample, device=neural.train.device)
-        saved = job.load_checkpoint(CHECKPOINT) if job.resumed else None
-        state = (MixtureState.from_dict(saved) if saved is not None
-                 else starting_mixture(particles, result, data, zdim, neural.train.seed))
+                  resume=resume, ranks=ranks) as job, rank_failures(ranks):
+        state = ranks.on_main(lambda: _classical_stages(job, particles, data, options, zdim, neural.train.seed))
         remaining = (neural.train.epochs - state.epoch) * n
-        with training_progress(remaining) as update:
-            models, state = train_mixture(data, state, neural, lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()),
-                                          lambda images, loss: update(images, _Terms(loss), 0.0))
-        latents = encode_classes(models, data)
-        _write_results(job, particles, data, models, state, latents)
+        with training_progress(remaining) if ranks.is_main else contextlib.nullcontext() as update:
+            models, state = train_mixture(
+                data, state, neural, lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()),
+                None if update is None else lambda images, loss: update(images, _Terms(loss), 0.0), ranks=ranks)
+        latents = encode_classes(models, data, ranks=ranks)
+        if ranks.is_main:
+            _write_results(job, particles, data, models, state, latents)
     return out
+
+
+def _classical_stages(job, particles: ParticleSet, data: ParticleBatches, options: AbinitOptions, zdim: int,
+                      seed: int) -> MixtureState:
+    """The ab initio stages of ``vitreous abinit`` (or their checkpoints) and the refined maps, then the
+    mixture's start: its checkpoint when the job resumes, else :func:`starting_mixture`."""
+    from vitreous.cli.abinit import abinit_stages
+    from vitreous.io.mrc import write_map
+    from vitreous.neural.mixture import MixtureState
+
+    result = abinit_stages(job, particles, options)
+    for k, refined in enumerate(result.refined):  # the classical maps, before the neural stage
+        if refined is not None and refined.iteration > 0:
+            write_map(job.path(_class_name(k, "_refined.mrc")), refined.full_map, particles.single_pixel_size())
+    saved = job.load_checkpoint(CHECKPOINT) if job.resumed else None
+    return MixtureState.from_dict(saved) if saved is not None else starting_mixture(particles, result, data, zdim,
+                                                                                     seed)
 
 
 class _Terms:

@@ -3,7 +3,9 @@
 Also the shared driver of ``vitreous train-field`` (zdim 0, :mod:`vitreous.cli.train_field`): inputs are checked
 before the job folder is touched; training checkpoints after every epoch (``--resume``); the results are
 ``z.npy``, ``particles.star`` (with ``vtsLatent1..Z``), ``weights.pt`` (read by
-:func:`vitreous.neural.trained.load_trained`) and ``report.html``.
+:func:`vitreous.neural.trained.load_trained`) and ``report.html``.  Both run under ``torchrun --nproc-per-node N``
+(data-parallel: each rank trains on its share of every batch; rank 0 writes; checkpoints resume with any number
+of ranks).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from vitreous.errors import InputError
 if TYPE_CHECKING:
     import numpy as np
 
+    from vitreous.distributed.ranks import Ranks
     from vitreous.neural.model import VAE
     from vitreous.neural.train import TrainOptions, TrainState
     from vitreous.report import Report
@@ -62,36 +65,67 @@ def training_progress(total: int) -> Iterator[Callable[[int, Any, float], None]]
 def run_training(particles_path: Path, out: Path, command: str, config_options: dict[str, Any],
                  options: TrainOptions, *, downsample: int | None = None, datadir: Path | None = None,
                  apix: float | None = None, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train into the job folder ``out`` (``command`` 'train-vae' or 'train-field'); returns ``weights.pt``."""
+    """Train into the job folder ``out`` (``command`` 'train-vae' or 'train-field'); returns ``weights.pt``.
+
+    Under ``torchrun`` (see :mod:`vitreous.distributed.ranks`) every rank trains on its share of each batch
+    from the same start (the shared backprojection, or the checkpoint); rank 0 shows progress and writes the job.
+    """
+    from vitreous.distributed.ranks import for_device, shutdown
+
+    ranks, device = for_device(options.device)
+    try:
+        return _run_training(particles_path, out, command, config_options, options, ranks, device,
+                             downsample=downsample, datadir=datadir, apix=apix, resume=resume, overwrite=overwrite)
+    finally:
+        shutdown()
+
+
+def _run_training(particles_path: Path, out: Path, command: str, config_options: dict[str, Any],
+                  options: TrainOptions, ranks: Ranks, device: str, *, downsample: int | None,
+                  datadir: Path | None, apix: float | None, resume: bool, overwrite: bool) -> Path:
+    from dataclasses import replace
+
+    from vitreous.distributed.ranks import rank_failures
     from vitreous.io.formats import read_particles
     from vitreous.jobs import Job
     from vitreous.neural.data import ParticleBatches
     from vitreous.neural.model import ModelConfig
-    from vitreous.neural.train import TrainState, check_resumable, encode_all, initial_state, train
+    from vitreous.neural.train import encode_all, train
     from vitreous.neural.trained import WEIGHTS, save_weights
 
+    params = {**config_options, **asdict(options), "downsample": downsample, "apix": apix}
+    options = replace(options, device=device)  # under torchrun: this rank's GPU for a plain "cuda"
     particles = read_particles(particles_path, datadir=datadir, apix=apix)
     data = ParticleBatches(particles, downsample, device=options.device)
     config = ModelConfig(box=data.box, **config_options)
-    params = {**config_options, **asdict(options), "downsample": downsample, "apix": apix}
     with Job.open(out, command=command, params=params, inputs=[particles_path], overwrite=overwrite,
-                  resume=resume) as job:
-        saved = job.load_checkpoint(CHECKPOINT) if job.resumed else None
-        if saved is not None:
-            state = TrainState.from_dict(saved)
-            check_resumable(state, data, str(out))
-            console.err.print(f"resuming after epoch {state.epoch}", markup=False)
-        else:
-            state = initial_state(data, config, options)
+                  resume=resume, ranks=ranks) as job, rank_failures(ranks):
+        state = _starting_state(job, data, config, options, ranks)
         remaining = max(options.epochs - state.epoch, 0) * len(data)
-        with training_progress(remaining) as update:
+        with training_progress(remaining) if ranks.is_main else contextlib.nullcontext() as update:
             model, state = train(data, state, options, on_step=update,
-                                 on_epoch=lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()))
-        z = encode_all(model, data)
-        save_weights(job.path(WEIGHTS), model, scale=data.scale, pixel_size=data.pixel_size,
-                     original_box=data.original_box)
-        _write_results(job, data, model, state, z)
+                                 on_epoch=lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()), ranks=ranks)
+        z = encode_all(model, data, ranks=ranks)
+        if ranks.is_main:
+            save_weights(job.path(WEIGHTS), model, scale=data.scale, pixel_size=data.pixel_size,
+                         original_box=data.original_box)
+            _write_results(job, data, model, state, z)
     return job.path(WEIGHTS)
+
+
+def _starting_state(job, data, config, options: TrainOptions, ranks: Ranks) -> TrainState:
+    """The checkpoint of a resumed job (if any; read by every rank), else a fresh model started from the
+    backprojection (computed by all ranks together)."""
+    from vitreous.neural.train import TrainState, check_resumable, initial_state
+
+    saved = job.load_checkpoint(CHECKPOINT) if job.resumed else None
+    if saved is None:
+        return initial_state(data, config, options, ranks)
+    state = TrainState.from_dict(saved)
+    check_resumable(state, data, str(job.folder))
+    if ranks.is_main:
+        console.err.print(f"resuming after epoch {state.epoch}", markup=False)
+    return state
 
 
 def _write_results(job, data, model: VAE, state: TrainState, z: np.ndarray) -> None:

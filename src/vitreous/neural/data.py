@@ -10,6 +10,11 @@ their origins (moved by ``+rlnOrigin``, see :mod:`vitreous.physics.projection`),
 * ``ctf`` (B, M): the RELION CTF at those points (at the training pixel size),
 * ``rotations`` (B, 3, 3): RELION matrices ``A``,
 * ``encoder_input`` (B, D'^2): the centred image, phase-flipped (CTF-aware), masked by a soft circle.
+
+Under ``torchrun`` (:mod:`vitreous.distributed.ranks`) :meth:`ParticleBatches.steps` gives each rank its share
+of every batch: the epoch's order comes from the seed alone (not from the number of ranks), each batch of
+``batch_size`` particles is the same on every rank and rank r takes every ``world_size``-th of its particles from
+the r-th, so the ranks' shares of a step make up exactly the batch a single process trains on.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import Tensor
 
 from vitreous.align.points import FourierPoints, fourier_points
 from vitreous.data.particles import ParticleSet
+from vitreous.distributed.ranks import SINGLE, Ranks
 from vitreous.errors import InputError
 from vitreous.physics.ctf import CTFParams, compute_ctf
 from vitreous.physics.fourier import fft2c, fourier_crop, ifft2c, soft_circular_mask, translate_ft
@@ -40,6 +46,17 @@ class Batch:
     rotations: Tensor
     encoder_input: Tensor
     points: FourierPoints
+
+
+@dataclass
+class Step:
+    """One optimiser step: the whole batch ``index`` (sorted 0-based rows, the same on every rank), the positions
+    ``rows`` in it of this rank's particles, and their images ``batch`` (None when the rank has none: a last
+    batch smaller than the number of ranks)."""
+
+    index: np.ndarray
+    rows: np.ndarray
+    batch: Batch | None
 
 
 def check_particles(particles: ParticleSet) -> None:
@@ -108,7 +125,23 @@ class ParticleBatches:
 
     def epoch(self, batch_size: int, generator: np.random.Generator | None = None) -> Iterator[Batch]:
         """All particles once in batches (shuffled by ``generator``, else in STAR order)."""
+        for step in self.steps(batch_size, generator):
+            assert step.batch is not None
+            yield step.batch
+
+    def steps(self, batch_size: int, generator: np.random.Generator | None = None,
+              ranks: Ranks = SINGLE) -> Iterator[Step]:
+        """The steps of one epoch (see the module docstring): every rank gets ``ceil(N / batch_size)`` steps and
+        its share (``ranks.shard``) of each batch of ``batch_size`` particles (shuffled by ``generator``)."""
         n = len(self)
         order = np.arange(n) if generator is None else generator.permutation(n)
         for start in range(0, n, batch_size):
-            yield self.batch(np.sort(order[start:start + batch_size]))
+            index = np.sort(order[start:start + batch_size])
+            rows = ranks.shard(len(index))
+            yield Step(index, rows, self.batch(index[rows]) if len(rows) else None)
+
+    def shard(self, batch_size: int, ranks: Ranks = SINGLE) -> Iterator[Batch]:
+        """This rank's particles (``ranks.shard``, in STAR order) in batches, e.g. to encode every particle."""
+        mine = ranks.shard(len(self))
+        for start in range(0, len(mine), batch_size):
+            yield self.batch(mine[start:start + batch_size])

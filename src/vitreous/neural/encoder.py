@@ -27,6 +27,6 @@ class Encoder(nn.Module):
         return mean, logvar.clamp(-20.0, 10.0)
 
 
-def sample(mean: Tensor, logvar: Tensor) -> Tensor:
-    """The reparameterised draw ``mean + exp(logvar / 2) * eps``, ``eps ~ N(0, I)``."""
-    return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+def sample(mean: Tensor, logvar: Tensor, eps: Tensor | None = None) -> Tensor:
+    """The reparameterised draw ``mean + exp(logvar / 2) * eps``, ``eps ~ N(0, I)`` (drawn here unless given)."""
+    return mean + torch.exp(0.5 * logvar) * (torch.randn_like(mean) if eps is None else eps)

@@ -6,6 +6,9 @@ shell) kept as a running average over batches, not learned by gradient.  Per ima
 points (each standing for itself and its Hermitian mirror, :attr:`FourierPoints.weight`)::
 
     loss = weight * sum_k |F_obs - CTF S_z|^2 / sigma2[shell(k)]  +  beta * KL(q(z|x) || N(0, I))
+
+Under ``torchrun`` the batch's squared residuals are summed over the ranks (``ranks``), so every rank keeps the
+``sigma2`` of the whole batch, as one process would.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import Tensor
 
 from vitreous.align.points import FourierPoints
+from vitreous.distributed.ranks import SINGLE, Ranks
 
 NOISE_MOMENTUM = 0.9  # weight of the old estimate in the running average of sigma2
 
@@ -27,13 +31,18 @@ class LossTerms(NamedTuple):
 
 
 class ShellNoise:
-    """Running per-shell noise variance ``sigma2`` (shells ``0 .. radius``) of the Fourier coefficients."""
+    """Running per-shell noise variance ``sigma2`` (shells ``0 .. radius``) of the Fourier coefficients.
 
-    def __init__(self, points: FourierPoints, sigma2: Tensor | None = None) -> None:
+    Under ``torchrun`` every rank calls :meth:`per_point` (while ``sigma2`` is None) and :meth:`update` once per
+    step, a rank without images with an empty (0, M) ``residual2``: both sum over the ranks.
+    """
+
+    def __init__(self, points: FourierPoints, sigma2: Tensor | None = None, ranks: Ranks = SINGLE) -> None:
         self.shell = points.shell
         n = int(points.shell.max()) + 1
         self.count = torch.bincount(points.shell, minlength=n).clamp_min(1).float()
         self.sigma2 = sigma2.to(points.shell.device) if sigma2 is not None else None
+        self.ranks = ranks
 
     def per_point(self, residual2: Tensor) -> Tensor:
         """``sigma2`` at each point (M,); the first call initialises it from ``residual2`` (B, M)."""
@@ -46,8 +55,12 @@ class ShellNoise:
         self.sigma2 = NOISE_MOMENTUM * self.sigma2 + (1 - NOISE_MOMENTUM) * self._shell_mean(residual2)
 
     def _shell_mean(self, residual2: Tensor) -> Tensor:
-        sums = torch.zeros_like(self.count).index_add_(0, self.shell, residual2.detach().float().mean(0))
-        return (sums / self.count).clamp_min(1e-12)
+        """Mean over the batch (all ranks) and the shell's points of ``residual2``, per shell."""
+        sums = torch.zeros(len(self.count) + 1, device=self.count.device)
+        sums[:-1].index_add_(0, self.shell, residual2.detach().float().sum(0))
+        sums[-1] = len(residual2)
+        self.ranks.all_reduce(sums)
+        return (sums[:-1] / (self.count * sums[-1].clamp_min(1))).clamp_min(1e-12)
 
 
 def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:

@@ -19,6 +19,11 @@ Poses come from the global search of :mod:`vitreous.reconstruct.abinit` (the pos
 search of each class against its decoded map at ``z = 0`` (the prior mean: one search volume per class, so the
 search cost grows with K but not with the latent dimension).  Rotations are RELION matrices; origins in
 pixels of the training box.
+
+Under ``torchrun`` (``ranks``) each rank trains on its share of every batch, as :func:`vitreous.neural.train.train`
+(gradients, noise model, the batch's responsibilities and statistics summed over the ranks in one all-reduce per
+step, so the per-particle tables and the priors stay the same on every rank), searches the poses of its shard
+of the particles, and the searched poses are summed into the full tables on every rank.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ import torch
 from torch import Tensor
 
 from vitreous.align import LocalOptions, PoseSearch, ProjectorSlices, shift_phases, shift_step_for_radius
+from vitreous.distributed.ranks import SINGLE, Ranks
 from vitreous.errors import InputError
 from vitreous.neural.data import ParticleBatches
 from vitreous.neural.encoder import sample
 from vitreous.neural.loss import ShellNoise, kl_divergence
 from vitreous.neural.model import VAE, ModelConfig
-from vitreous.neural.train import TrainOptions, parameter_groups
+from vitreous.neural.train import TrainOptions, parameter_groups, reparameterisation_noise, sum_over_ranks
 from vitreous.physics.projection import Projector
 
 log = logging.getLogger(__name__)
@@ -105,14 +111,15 @@ def _models(state: MixtureState, device: torch.device) -> torch.nn.ModuleList:
 
 
 def mixture_terms(models: torch.nn.ModuleList, batch, rotations: Tensor, shifts: Tensor, log_priors: Tensor,
-                  noise: ShellNoise, beta: float) -> tuple[Tensor, Tensor, Tensor]:
+                  noise: ShellNoise, beta: float, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(loss (scalar), responsibilities (B, K), squared residuals in the most probable class (B, M)) of a batch
-    with poses ``rotations`` (B, K, 3, 3) and origins ``shifts`` (B, K, 2) px."""
+    with poses ``rotations`` (B, K, 3, 3) and origins ``shifts`` (B, K, 2) px; ``eps`` (B, K, Z) the standard
+    normal draws of the latents (default: drawn here)."""
     points = batch.points
     log_likelihoods, kls, residuals = [], [], []
     for k, model in enumerate(models):
         posterior = model.encode(batch)
-        z = None if posterior is None else sample(*posterior)
+        z = None if posterior is None else sample(*posterior, None if eps is None else eps[:, k])
         predicted = batch.ctf * model.decoder.slices(z, rotations[:, k], points)
         observed = batch.spectra * shift_phases(points, shifts[:, k])
         residual2 = (observed - predicted).abs().pow(2)
@@ -129,9 +136,10 @@ def mixture_terms(models: torch.nn.ModuleList, batch, rotations: Tensor, shifts:
 
 
 def refresh_poses(models: torch.nn.ModuleList, data: ParticleBatches, state: MixtureState, sigma2: Tensor,
-                  step_deg: float, batch_size: int = 256) -> None:
+                  step_deg: float, batch_size: int = 256, ranks: Ranks = SINGLE) -> None:
     """Local search of every particle in every class around its current pose, against the class map at z = 0
-    (all shells up to the band limit, scale-free ``ncc`` scores); updates ``state`` in place."""
+    (all shells up to the band limit, scale-free ``ncc`` scores); updates ``state`` in place.  Under
+    ``torchrun`` each rank searches its shard and every rank gets all the poses."""
     from vitreous.reconstruct.images import CroppedImages
 
     box, device = data.box, data.device
@@ -146,68 +154,91 @@ def refresh_poses(models: torch.nn.ModuleList, data: ParticleBatches, state: Mix
         searches = [PoseSearch(ProjectorSlices(Projector(model.decoder.volumes(zero, 1)[0].float())),
                                shells.clamp_min(1e-12), box, mode="ncc") for model in models]
     images = CroppedImages(data.particles, box, device)
-    for start in range(0, len(data), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(data)))
+    mine = ranks.shard(len(data))
+    found = torch.zeros((len(data), len(models), 11), device=device)  # rotation (9), shift (2): 0 off the shard
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
         spectra, ctf = images.read(idx)
         spectra = spectra / data.scale  # the units of the models and of sigma2
         for k, search in enumerate(searches):
             result = search.local_search(spectra, ctf, torch.as_tensor(state.rotations[idx, k], device=device),
                                          torch.as_tensor(state.shifts_px[idx, k], device=device), options)
-            state.rotations[idx, k] = result.best_rotations.cpu().numpy()
-            state.shifts_px[idx, k] = result.best_shifts.cpu().numpy()
+            found[torch.as_tensor(idx, device=device), k] = torch.cat(
+                [result.best_rotations.reshape(len(idx), 9), result.best_shifts], 1).float()
+    found = ranks.all_reduce(found).cpu().numpy()
+    state.rotations[:] = found[..., :9].reshape(state.rotations.shape)
+    state.shifts_px[:] = found[..., 9:]
 
 
 def train_mixture(data: ParticleBatches, state: MixtureState, options: MixtureOptions,
                   on_epoch: Callable[[MixtureState], None] | None = None,
-                  on_step: Callable[[int, float], None] | None = None) -> tuple[torch.nn.ModuleList, MixtureState]:
+                  on_step: Callable[[int, float], None] | None = None,
+                  ranks: Ranks = SINGLE) -> tuple[torch.nn.ModuleList, MixtureState]:
     """Train from ``state`` to ``options.train.epochs`` (or ``max_seconds``); ``on_step(images, loss)`` after
-    every batch, ``on_epoch(state)`` after every finished epoch (a checkpoint)."""
+    every batch, ``on_epoch(state)`` after every finished epoch (a checkpoint); ``ranks``: see the module
+    docstring (every rank starts from the same ``state`` and ends with the same)."""
     o = options.train
     device = torch.device(o.device)
     models = _models(state, device)
+    K, zdim = len(models), state.config.zdim
+    parameters = list(models.parameters())
     groups = [group for model in models for group in parameter_groups(model, o)]
     optimizer = torch.optim.Adam(groups, lr=o.lr)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
-    noise = ShellNoise(data.points, state.sigma2)
+    noise = ShellNoise(data.points, state.sigma2, ranks)
+    nothing = torch.zeros((0, len(data.points.shell)), device=device)
     started = time.perf_counter() - state.seconds
     for epoch in range(state.epoch, o.epochs):
         if options.search_every and epoch > 0 and epoch % options.search_every == 0 and noise.sigma2 is not None:
             tick = time.perf_counter()
-            refresh_poses(models, data, state, noise.sigma2, options.search_step_deg)
+            refresh_poses(models, data, state, noise.sigma2, options.search_step_deg, ranks=ranks)
             state.search_seconds += time.perf_counter() - tick
         rng = np.random.default_rng([o.seed, epoch])
-        torch.manual_seed(o.seed * 1000 + epoch)
+        draws = torch.Generator().manual_seed(o.seed * 1000 + epoch)
         total, images = 0.0, 0
         models.train()
-        for batch in data.epoch(o.batch_size, rng):
-            idx = batch.index
-            rotations = torch.as_tensor(state.rotations[idx], device=device)
-            shifts = torch.as_tensor(state.shifts_px[idx], device=device)
-            log_priors = torch.log(torch.as_tensor(state.priors, device=device).clamp_min(MIN_PRIOR))
+        for step in data.steps(o.batch_size, rng, ranks):
+            n = len(step.index)
+            eps = reparameterisation_noise(draws, step, (K, zdim), device)
             beta = o.beta * min(1.0, (epoch + images / len(data)) / o.kl_warmup) if o.kl_warmup else o.beta
-            loss, responsibilities, residual = mixture_terms(models, batch, rotations, shifts, log_priors, noise,
-                                                             beta)
-            if not torch.isfinite(loss):
-                raise InputError(None, f"the loss became {loss.item()} in epoch {epoch + 1}; stopped, the checkpoint "
-                                 f"of epoch {state.epoch} is kept", "resume with a lower --lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            stats = torch.zeros(n * K + 2, device=device)  # the batch's responsibilities (n, K), loss, stop
+            residual = nothing
+            if step.batch is not None:
+                idx = step.batch.index
+                rotations = torch.as_tensor(state.rotations[idx], device=device)
+                shifts = torch.as_tensor(state.shifts_px[idx], device=device)
+                log_priors = torch.log(torch.as_tensor(state.priors, device=device).clamp_min(MIN_PRIOR))
+                loss, responsibilities, residual = mixture_terms(models, step.batch, rotations, shifts, log_priors,
+                                                                 noise, beta, eps)
+                share = len(step.rows) / n
+                (loss * share).backward()
+                rows = torch.as_tensor(step.rows, device=device)
+                stats[:-2].view(n, K)[rows] = responsibilities.float()
+                stats[-2] = loss.detach() * share
+            else:  # no images on this rank in this step: take part in the noise model's sums
+                noise.per_point(nothing)
+            stats[-1] = float(o.max_seconds is not None and time.perf_counter() - started > o.max_seconds)
+            stats = sum_over_ranks(parameters, stats, ranks)
+            loss_value = float(stats[-2])
+            if not np.isfinite(loss_value):
+                raise InputError(None, f"the loss became {loss_value} in epoch {epoch + 1}; stopped, the checkpoint "
+                                 f"of epoch {state.epoch} is kept", "resume with a lower --lr")
             optimizer.step()
             noise.update(residual)
-            r = responsibilities.cpu().numpy()
-            state.responsibilities[idx] = r
+            state.responsibilities[step.index] = stats[:-2].view(n, K).cpu().numpy()
             state.priors = np.maximum(state.responsibilities.mean(0), MIN_PRIOR)  # EM: the latest r of everyone
             state.priors /= state.priors.sum()
-            images += len(idx)
-            total += loss.item() * len(idx)
+            images += n
+            total += loss_value * n
             if on_step is not None:
-                on_step(len(idx), loss.item())
-            if o.max_seconds is not None and time.perf_counter() - started > o.max_seconds:
+                on_step(n, loss_value)
+            if stats[-1]:
                 break
-        stopped = o.max_seconds is not None and time.perf_counter() - started > o.max_seconds
+        stopped = bool(stats[-1])
         state.seconds = time.perf_counter() - started
-        sizes = np.bincount(state.responsibilities.argmax(1), minlength=len(models)) / len(data)
+        sizes = np.bincount(state.responsibilities.argmax(1), minlength=K) / len(data)
         state.history.append({"epoch": epoch + 1, "images": images, "loss": total / max(images, 1),
                               "class_fractions": sizes.tolist(), "seconds": state.seconds,
                               "search_seconds": state.search_seconds})
@@ -224,17 +255,20 @@ def train_mixture(data: ParticleBatches, state: MixtureState, options: MixtureOp
 
 
 @torch.no_grad()
-def encode_classes(models: torch.nn.ModuleList, data: ParticleBatches, batch_size: int = 256) -> np.ndarray:
-    """Mean latents (N, K, Z) of every particle in every class (Z = 0 for homogeneous classes)."""
+def encode_classes(models: torch.nn.ModuleList, data: ParticleBatches, batch_size: int = 256,
+                   ranks: Ranks = SINGLE) -> np.ndarray:
+    """Mean latents (N, K, Z) of every particle in every class (Z = 0 for homogeneous classes); under
+    ``torchrun`` each rank encodes its shard and every rank gets all the latents."""
     zdim = models[0].config.zdim
-    out = np.zeros((len(data), len(models), zdim), np.float32)
     if not zdim:
-        return out
+        return np.zeros((len(data), len(models), 0), np.float32)
     models.eval()
-    for batch in data.epoch(batch_size):
+    out = torch.zeros((len(data), len(models), zdim), device=data.device)
+    for batch in data.shard(batch_size, ranks):
+        rows = torch.as_tensor(batch.index, device=data.device)
         for k, model in enumerate(models):
-            out[batch.index, k] = model.encode(batch)[0].float().cpu().numpy()
-    return out
+            out[rows, k] = model.encode(batch)[0].float()
+    return ranks.all_reduce(out).cpu().numpy()
 
 
 __all__ = ["MixtureOptions", "MixtureState", "encode_classes", "initial_mixture", "mixture_terms",

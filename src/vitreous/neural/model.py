@@ -46,8 +46,10 @@ class VAE(nn.Module):
         """``(mean, logvar)`` of q(z | image), each (B, Z); None for zdim 0."""
         return None if self.encoder is None else self.encoder(batch.encoder_input)
 
-    def forward(self, batch: Batch, stochastic: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    def forward(self, batch: Batch, stochastic: bool = True,
+                eps: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """``eps`` (B, Z): the standard normal draws of the reparameterised sample (default: drawn here)."""
         posterior = self.encode(batch)
-        z = None if posterior is None else (sample(*posterior) if stochastic else posterior[0])
+        z = None if posterior is None else (sample(*posterior, eps) if stochastic else posterior[0])
         section = self.decoder.slices(z, batch.rotations, batch.points)
         return batch.ctf * section, posterior

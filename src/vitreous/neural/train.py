@@ -1,5 +1,8 @@
 """Training loop: epochs of shuffled batches, Adam, a checkpoint after every epoch, resume, NaN guard.
 
+Under ``torchrun`` each rank trains on its share of every batch and the gradients are summed over the ranks
+(:func:`train`), so a checkpoint holds the whole state and resumes with any number of ranks.
+
 The state after each epoch (:class:`TrainState`: weights, optimiser, noise model, loss history, a fingerprint
 of the data) is handed to ``on_epoch`` (the CLI saves it as a checkpoint).  A non-finite loss stops training
 with an InputError before the optimiser step, so the last checkpoint (the last finished epoch) stays good.
@@ -19,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitreous.distributed.ranks import SINGLE, Ranks
 from vitreous.errors import InputError
-from vitreous.neural.data import ParticleBatches
+from vitreous.neural.data import ParticleBatches, Step
 from vitreous.neural.loss import LossTerms, ShellNoise, negative_elbo
 from vitreous.neural.model import VAE, ModelConfig
 
@@ -80,23 +84,27 @@ def data_fingerprint(data: ParticleBatches) -> str:
     return digest.hexdigest()[:16]
 
 
-def initial_volume(data: ParticleBatches, batch_size: int = 512) -> torch.Tensor:
-    """The backprojection of the particles at the training box, in the units of the normalised images."""
+def initial_volume(data: ParticleBatches, batch_size: int = 512, ranks: Ranks = SINGLE) -> torch.Tensor:
+    """The backprojection of the particles at the training box, in the units of the normalised images (under
+    ``torchrun`` each rank backprojects its shard and every rank gets the map)."""
     from vitreous.physics.fourier import fourier_crop
     from vitreous.reconstruct.backproject import backproject
 
-    maps = backproject(data.particles, batch_size=batch_size, device=str(data.device))
+    maps = backproject(data.particles, batch_size=batch_size, device=str(data.device), ranks=ranks)
     volume = torch.as_tensor(maps.full)
     if data.box != data.original_box:
         volume = fourier_crop(volume, data.box, ndim=3) * (data.original_box / data.box)
     return volume / data.scale
 
 
-def initial_state(data: ParticleBatches, config: ModelConfig, options: TrainOptions) -> TrainState:
-    """A fresh model whose base map is :func:`initial_volume` (the deltas start small and random)."""
+def initial_state(data: ParticleBatches, config: ModelConfig, options: TrainOptions,
+                  ranks: Ranks = SINGLE) -> TrainState:
+    """A fresh model whose base map is :func:`initial_volume` (the deltas start small and random); under
+    ``torchrun`` the ranks share the backprojection and all get rank 0's state."""
+    volume = initial_volume(data, ranks=ranks)
     torch.manual_seed(options.seed)
-    model = VAE(config, initial_volume(data))
-    return TrainState(config, data_fingerprint(data), data.scale, model.state_dict())
+    model = VAE(config, volume)
+    return ranks.broadcast(TrainState(config, data_fingerprint(data), data.scale, model.state_dict()))
 
 
 def check_resumable(state: TrainState, data: ParticleBatches, source: str) -> None:
@@ -127,47 +135,95 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def sum_over_ranks(parameters: list[torch.nn.Parameter], stats: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Sum the gradients of ``parameters`` (in place; a missing gradient counts as zero) and the 1-D ``stats``
+    over the ranks in one all-reduce; returns the summed ``stats`` (unchanged in a single process)."""
+    if not ranks.distributed:
+        return stats
+    flat = torch.cat([*(p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in parameters),
+                      stats.to(parameters[0].device, torch.float32)])
+    ranks.all_reduce(flat)
+    offset = 0
+    for p in parameters:
+        summed = flat[offset:offset + p.numel()].view_as(p)
+        if p.grad is None:
+            p.grad = summed.clone()
+        else:
+            p.grad.copy_(summed)
+        offset += p.numel()
+    return flat[offset:]
+
+
+def reparameterisation_noise(generator: torch.Generator, step: Step, shape: tuple[int, ...],
+                             device: torch.device) -> torch.Tensor:
+    """The standard normal draws (rows, *shape) of this rank's particles in ``step``: drawn for the whole batch
+    from ``generator`` (the same on every rank), so they do not depend on the number of ranks."""
+    return torch.randn((len(step.index), *shape), generator=generator)[step.rows].to(device)
+
+
 def train(data: ParticleBatches, state: TrainState, options: TrainOptions,
           on_epoch: Callable[[TrainState], None] | None = None,
-          on_step: Callable[[int, LossTerms, float], None] | None = None) -> tuple[VAE, TrainState]:
+          on_step: Callable[[int, LossTerms, float], None] | None = None,
+          ranks: Ranks = SINGLE) -> tuple[VAE, TrainState]:
     """Train from ``state`` until ``options.epochs`` (or ``max_seconds``); returns the model and final state.
 
     ``on_step(images, terms, images_per_second)`` follows every batch, ``on_epoch(state)`` every finished epoch.
+    Under ``torchrun`` (``ranks``) every rank trains on its share of each batch (:meth:`ParticleBatches.steps`)
+    from the same ``state``; the gradients (of the batch-mean loss, each rank's share weighted by its number of
+    images), the noise model and the statistics are summed over the ranks, so every rank takes the step that one
+    process would take on the whole batch and the ranks stay identical.  The gradients go through one all-reduce
+    per step with the statistics (:func:`sum_over_ranks`) rather than torch's DistributedDataParallel wrapper:
+    the statistics and the mixture's per-particle responsibilities must be summed in step with them, the shares
+    of the last batch are uneven, and a rank without images in a step must still take part.
     """
     device = torch.device(options.device)
     model = VAE(state.config).to(device)
     model.load_state_dict(state.model)
+    parameters = list(model.parameters())
     optimizer = torch.optim.Adam(parameter_groups(model, options), lr=options.lr)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
-    noise = ShellNoise(data.points, state.sigma2)
+    noise = ShellNoise(data.points, state.sigma2, ranks)
+    nothing = torch.zeros((0, len(data.points.shell)), device=device)
     started = time.perf_counter() - state.seconds
     model.train()
     for epoch in range(state.epoch, options.epochs):
         rng = np.random.default_rng([options.seed, epoch])
-        torch.manual_seed(options.seed * 1000 + epoch)
+        draws = torch.Generator().manual_seed(options.seed * 1000 + epoch)
         sums = np.zeros(3)
         images = 0
-        for batch in data.epoch(options.batch_size, rng):
+        for step in data.steps(options.batch_size, rng, ranks):
             t0 = time.perf_counter()
-            with _autocast(device):
-                predicted, posterior = model(batch)
+            n = len(step.index)
             beta = options.beta * min(1.0, (epoch + images / len(data)) / options.kl_warmup) if options.kl_warmup \
                 else options.beta
-            terms = negative_elbo(predicted, batch.spectra, posterior, noise, data.points, beta)
-            if not torch.isfinite(terms.total):
-                raise InputError(None, f"the loss became {terms.total.item()} in epoch {epoch + 1}; stopped, the "
-                                 f"checkpoint of epoch {state.epoch} is kept",
-                                 "resume with a lower --lr (or --beta), or check the images for extreme values")
+            eps = reparameterisation_noise(draws, step, (state.config.zdim,), device)
             optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
+            local = torch.zeros(4)
+            if step.batch is not None:
+                with _autocast(device):
+                    predicted, posterior = model(step.batch, eps=eps)
+                terms = negative_elbo(predicted, step.batch.spectra, posterior, noise, data.points, beta)
+                share = len(step.rows) / n
+                (terms.total * share).backward()
+                local[:3] = torch.stack([terms.total, terms.error, terms.kl]).detach().float().cpu() * share
+            else:  # no images on this rank in this step: take part in the noise model's sums
+                noise.per_point(nothing)
+                noise.update(nothing)
+            out_of_time = options.max_seconds is not None and time.perf_counter() - started > options.max_seconds
+            local[3] = float(out_of_time)
+            total, error, kl, stop = sum_over_ranks(parameters, local, ranks).tolist()
+            if not np.isfinite(total):
+                raise InputError(None, f"the loss became {total} in epoch {epoch + 1}; stopped, the checkpoint of "
+                                 f"epoch {state.epoch} is kept",
+                                 "resume with a lower --lr (or --beta), or check the images for extreme values")
             optimizer.step()
-            n = len(batch.index)
             images += n
-            sums += n * np.array([terms.total.item(), terms.error.item(), terms.kl.item()])
+            sums += n * np.array([total, error, kl])
             if on_step is not None:
+                terms = LossTerms(*(torch.tensor(value) for value in (total, error, kl)))
                 on_step(n, terms, n / max(time.perf_counter() - t0, 1e-9))
-            if options.max_seconds is not None and time.perf_counter() - started > options.max_seconds:
+            if stop:
                 state.stopped_by_time = True
                 break
         state.seconds = time.perf_counter() - started
@@ -186,16 +242,18 @@ def train(data: ParticleBatches, state: TrainState, options: TrainOptions,
 
 
 @torch.no_grad()
-def encode_all(model: VAE, data: ParticleBatches, batch_size: int = 256) -> np.ndarray:
-    """The mean of q(z | x) for every particle in STAR order (N, Z) float32; (N, 0) for zdim 0."""
+def encode_all(model: VAE, data: ParticleBatches, batch_size: int = 256, ranks: Ranks = SINGLE) -> np.ndarray:
+    """The mean of q(z | x) for every particle in STAR order (N, Z) float32; (N, 0) for zdim 0.  Under
+    ``torchrun`` each rank encodes its shard and every rank gets all the latents."""
     model.eval()
-    out = np.zeros((len(data), model.config.zdim), np.float32)
     if model.encoder is None:
-        return out
-    for batch in data.epoch(batch_size):
+        return np.zeros((len(data), 0), np.float32)
+    latents = torch.zeros((len(data), model.config.zdim), device=data.device)
+    for batch in data.shard(batch_size, ranks):
         with _autocast(data.device):
             mean, _ = model.encode(batch)
-        out[batch.index] = mean.float().cpu().numpy()
+        latents[torch.as_tensor(batch.index, device=data.device)] = mean.float()
+    out = ranks.all_reduce(latents).cpu().numpy()
     if not np.isfinite(out).all():
         raise InputError(None, "the encoder returned non-finite latents", "train again with a lower --lr")
     return out
