@@ -19,7 +19,7 @@ import pandas as pd
 
 from vitreous.data.cache import check_cache_file
 from vitreous.errors import InputError
-from vitreous.io.mrc import StackHeader, read_header
+from vitreous.io.mrc import StackHeader, read_frames, read_header
 
 MAX_OPEN_FILES = 256
 
@@ -121,14 +121,12 @@ class ImageStack:
         files, frames = np.unique(fids), self.index[idx]
         out = np.empty((len(idx), self.box, self.box), np.float32)
         if len(files) == 1 and np.all(np.diff(frames) > 0):  # a sorted batch of one file: straight into the output
-            read_runs(self._file(int(files[0])), self.headers[files[0]], frames, out)
+            read_frames(self._file(int(files[0])), self.headers[files[0]], frames, out)
         else:
             for f in files:
                 sel = np.nonzero(fids == f)[0]
                 order = np.argsort(frames[sel], kind="stable")  # sequential reads within a file
-                part = np.empty((len(sel), self.box, self.box), np.float32)
-                read_runs(self._file(int(f)), self.headers[f], frames[sel][order], part)
-                out[sel[order]] = part
+                out[sel[order]] = read_frames(self._file(int(f)), self.headers[f], frames[sel][order])
         if check_finite and not np.isfinite(out).all():
             bad = int(idx[np.nonzero(~np.isfinite(out).reshape(len(idx), -1).all(axis=1))[0][0]])
             raise InputError(self.paths[self.file_id[bad]], f"image {self.index[bad] + 1} (particle {bad + 1}) "
@@ -167,31 +165,6 @@ class ImageStack:
         """RELION ``N@file`` names (1-based N), paths relative to ``relative_to`` where possible."""
         names = [relative_name(p, relative_to) for p in self.paths]
         return [f"{i + 1:06d}@{names[f]}" for f, i in zip(self.file_id.tolist(), self.index.tolist(), strict=True)]
-
-
-def read_runs(fh: BinaryIO, header: StackHeader, frames: np.ndarray, out: np.ndarray) -> None:
-    """Frames (0-based, increasing) of an open (unbuffered) stack into ``out`` (k, ny, nx) float32, one read per
-    run of consecutive frames; native float32 is read straight into ``out``, other types through a buffer.
-
-    Plain ``readinto`` calls rather than memory maps (random access to a few images of a huge stack must not map
-    large parts of it) or ``numpy.fromfile`` (which re-opens the file through stdio on every call: 3-5x slower
-    for random single-image reads).
-    """
-    if not len(frames):
-        return
-    direct = header.dtype == np.dtype(np.float32)
-    starts = np.concatenate([[0], np.nonzero(np.diff(frames) != 1)[0] + 1]).tolist()
-    for a, b in zip(starts, [*starts[1:], len(frames)], strict=True):
-        target = out[a:b] if direct else np.empty((b - a, header.ny, header.nx), header.dtype)
-        fh.seek(header.data_offset + int(frames[a]) * header.frame_bytes)
-        view, done = memoryview(target).cast("B"), 0
-        while done < len(view):
-            got = fh.readinto(view[done:])
-            if not got:
-                raise InputError(header.path, "file ended early (truncated while reading)", "re-copy the stack")
-            done += got
-        if not direct:
-            out[a:b] = target
 
 
 def relative_name(path: Path, start: Path | None) -> str:
