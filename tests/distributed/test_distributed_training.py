@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -216,7 +217,8 @@ def test_a_killed_rank_stops_the_run_and_resume_finishes_it_on_one_process(star:
     os.kill(victim, signal.SIGKILL)
     _, err = run.communicate(timeout=120)
     assert run.returncode != 0
-    assert "vitreous: rank 0 of 2 lost the other ranks" in err and "relaunch with --resume" in err
+    # rank 0 either sees the lost peer in a collective or gets torchrun's SIGTERM first (both documented)
+    assert re.search(r"vitreous: rank 0 of 2 (lost the other ranks|was stopped) .*relaunch with --resume", err), err
     record = json.loads((out / "job.json").read_text())
     assert record["status"] == "interrupted" and "relaunch with --resume" in record["error"], record
     done = torch.load(checkpoint, weights_only=False)["epoch"]

@@ -68,15 +68,12 @@ def run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, n
     the other ranks wait; the neural stage (training, pose search, encoding) is shared by all ranks; rank 0
     writes the job.
     """
-    from vitreous.distributed.ranks import for_device, shutdown
+    from vitreous.distributed.ranks import process_group
 
-    ranks, device = for_device(neural.train.device)
-    try:
+    with process_group(neural.train.device) as (ranks, device):
         return _run_abinit_neural(particles_path, out, options, neural, ranks, device, zdim=zdim,
                                   downsample=downsample, datadir=datadir, apix=apix, resume=resume,
                                   overwrite=overwrite)
-    finally:
-        shutdown()
 
 
 def _run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, neural: MixtureOptions,

@@ -39,7 +39,7 @@ def run_backproject(particles_path: Path, out: Path, *, datadir: Path | None = N
     from contextlib import nullcontext
 
     from vitreous.cli.progress import progress_bar
-    from vitreous.distributed.ranks import for_device, rank_failures, shutdown
+    from vitreous.distributed.ranks import process_group, rank_failures
     from vitreous.io.formats import read_particles
     from vitreous.jobs import Job
     from vitreous.physics.symmetry import parse_symmetry
@@ -60,19 +60,16 @@ def run_backproject(particles_path: Path, out: Path, *, datadir: Path | None = N
               "oversampling": oversampling, "device": device, "seed": seed, "apix": apix,
               "compare": str(compare) if compare else None}
     inputs = [particles_path, *([compare] if compare else [])]
-    ranks, device = for_device(device)
-    try:
-        with Job.open(out, command="backproject", params=params, inputs=inputs, overwrite=overwrite,
-                      ranks=ranks) as job, rank_failures(ranks):
-            mine = len(ranks.shard(len(particles)))
-            with progress_bar(mine, "backprojecting") if ranks.is_main else nullcontext(None) as advance:
-                maps = backproject(particles, use_ctf=use_ctf, batch_size=batch_size, oversampling=oversampling,
-                                   device=device, seed=seed, symmetry=symmetry, filtered_halves=False,
-                                   progress=advance, ranks=ranks)
-            if ranks.is_main:
-                _write_results(job, particles, maps, compare, symmetry, mask_diameter)
-    finally:
-        shutdown()
+    with (process_group(device) as (ranks, device),
+          Job.open(out, command="backproject", params=params, inputs=inputs, overwrite=overwrite, ranks=ranks) as job,
+          rank_failures(ranks)):
+        mine = len(ranks.shard(len(particles)))
+        with progress_bar(mine, "backprojecting") if ranks.is_main else nullcontext(None) as advance:
+            maps = backproject(particles, use_ctf=use_ctf, batch_size=batch_size, oversampling=oversampling,
+                               device=device, seed=seed, symmetry=symmetry, filtered_halves=False,
+                               progress=advance, ranks=ranks)
+        if ranks.is_main:
+            _write_results(job, particles, maps, compare, symmetry, mask_diameter)
     return job.path("map.mrc")
 
 

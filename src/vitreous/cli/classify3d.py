@@ -37,7 +37,7 @@ def run_classify3d(particles_path: Path, out: Path, *, reference: Path, classes:
     from contextlib import nullcontext
 
     from vitreous.cli.progress import progress_bar
-    from vitreous.distributed.ranks import for_device, rank_failures, shutdown
+    from vitreous.distributed.ranks import process_group, rank_failures
     from vitreous.io.formats import read_particles
     from vitreous.io.mrc import read_map
     from vitreous.jobs import Job
@@ -54,28 +54,26 @@ def run_classify3d(particles_path: Path, out: Path, *, reference: Path, classes:
     params = {"reference": str(reference), "classes": classes, "iterations": iterations,
               "initial_lowpass_A": initial_lowpass, "tolerance": tolerance, "batch_size": batch_size,
               "device": device, "seed": seed, "apix": apix}
-    ranks, device = for_device(device)
-    try:
-        with Job.open(out, command="classify3d", params=params, inputs=[particles_path, reference],
-                      overwrite=overwrite, resume=resume, ranks=ranks) as job, rank_failures(ranks):
-            state = job.load_checkpoint(CHECKPOINT) if job.resumed else None
-            if ranks.is_main:
-                for note in notes:
-                    log.warning(note)
-                if state is not None:
-                    log.info("resuming after iteration %d", state["iteration"])
-            total = len(ranks.shard(len(particles))) * iterations
-            bar = progress_bar(total, "classifying (particles x iterations)") if ranks.is_main else nullcontext(None)
-            with bar as advance:
-                result = classify3d(particles, ref_map, classes, iterations=iterations,
-                                    initial_lowpass=initial_lowpass, tolerance=tolerance, batch_size=batch_size,
-                                    device=device, seed=seed, state=state,
-                                    on_state=lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()),
-                                    progress=advance, ranks=ranks)
-            if ranks.is_main:
-                _write_results(job, particles, result)
-    finally:
-        shutdown()
+    with (process_group(device) as (ranks, device),
+          Job.open(out, command="classify3d", params=params, inputs=[particles_path, reference], overwrite=overwrite,
+                   resume=resume, ranks=ranks) as job,
+          rank_failures(ranks)):
+        state = job.load_checkpoint(CHECKPOINT) if job.resumed else None
+        if ranks.is_main:
+            for note in notes:
+                log.warning(note)
+            if state is not None:
+                log.info("resuming after iteration %d", state["iteration"])
+        total = len(ranks.shard(len(particles))) * iterations
+        bar = progress_bar(total, "classifying (particles x iterations)") if ranks.is_main else nullcontext(None)
+        with bar as advance:
+            result = classify3d(particles, ref_map, classes, iterations=iterations,
+                                initial_lowpass=initial_lowpass, tolerance=tolerance, batch_size=batch_size,
+                                device=device, seed=seed, state=state,
+                                on_state=lambda s: job.save_checkpoint(CHECKPOINT, s.to_dict()),
+                                progress=advance, ranks=ranks)
+        if ranks.is_main:
+            _write_results(job, particles, result)
     return job.path("particles.star")
 
 

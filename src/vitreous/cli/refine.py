@@ -42,7 +42,7 @@ def run_refine(particles_path: Path, reference_path: Path, out: Path, options: R
     from dataclasses import asdict, replace
 
     from vitreous.cli.progress import progress_bar
-    from vitreous.distributed.ranks import for_device, rank_failures, shutdown
+    from vitreous.distributed.ranks import process_group, rank_failures
     from vitreous.io.formats import read_particles
     from vitreous.jobs import Job
     from vitreous.reconstruct.refine import RefineState, check_particles, initial_state, refine
@@ -57,8 +57,7 @@ def run_refine(particles_path: Path, reference_path: Path, out: Path, options: R
         raise InputError(particles_path, "--local-only needs poses (rlnAngleRot/Tilt/Psi) in the particles",
                          "leave out --local-only for a global search")
     params = {**asdict(options), "apix": apix}
-    ranks, device = for_device(options.device)
-    try:
+    with process_group(options.device) as (ranks, device):
         reference = load_reference(reference_path, box, pixel_size, warn=ranks.is_main)
         with Job.open(out, command="refine", params=params, inputs=[particles_path, reference_path],
                       overwrite=overwrite, resume=resume, ranks=ranks) as job, rank_failures(ranks):
@@ -72,8 +71,6 @@ def run_refine(particles_path: Path, reference_path: Path, out: Path, options: R
                            progress=(lambda text, n: progress_bar(n, text)) if ranks.is_main else None, ranks=ranks)
             if ranks.is_main:
                 _write_results(job, particles, state, options, pixel_size)
-    finally:
-        shutdown()
     return job.path("map.mrc")
 
 

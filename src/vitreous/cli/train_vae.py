@@ -70,14 +70,11 @@ def run_training(particles_path: Path, out: Path, command: str, config_options: 
     Under ``torchrun`` (see :mod:`vitreous.distributed.ranks`) every rank trains on its share of each batch
     from the same start (the shared backprojection, or the checkpoint); rank 0 shows progress and writes the job.
     """
-    from vitreous.distributed.ranks import for_device, shutdown
+    from vitreous.distributed.ranks import process_group
 
-    ranks, device = for_device(options.device)
-    try:
+    with process_group(options.device) as (ranks, device):
         return _run_training(particles_path, out, command, config_options, options, ranks, device,
                              downsample=downsample, datadir=datadir, apix=apix, resume=resume, overwrite=overwrite)
-    finally:
-        shutdown()
 
 
 def _run_training(particles_path: Path, out: Path, command: str, config_options: dict[str, Any],

@@ -155,13 +155,18 @@ def current(backend: str | None = None) -> Ranks:
     return Ranks(rank, world_size, local_rank)
 
 
-def for_device(device: str) -> tuple[Ranks, str]:
-    """:func:`current` for work on ``device`` (gloo for ``cpu``, NCCL for CUDA), and the device this rank uses:
-    under ``torchrun`` a plain ``cuda`` means this rank's GPU, ``cuda:LOCAL_RANK``."""
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[tuple[Ranks, str]]:
+    """A command's process group for work on ``device`` (:func:`current`: gloo for ``cpu``, NCCL for CUDA) and
+    the device this rank uses (under ``torchrun`` a plain ``cuda`` means this rank's GPU, ``cuda:LOCAL_RANK``);
+    the group is left (:func:`shutdown`) when the block ends, however it ends."""
     ranks = current("gloo" if torch.device(device).type == "cpu" else None)
     if ranks.distributed and device == "cuda":
         device = f"cuda:{ranks.local_rank}"
-    return ranks, device
+    try:
+        yield ranks, device
+    finally:
+        shutdown()
 
 
 @contextlib.contextmanager
