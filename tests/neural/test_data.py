@@ -30,7 +30,7 @@ def test_batches_match_ctf_times_projector_slices(clean, box: int) -> None:
 
 def test_an_epoch_visits_every_particle_once(clean) -> None:
     data = ParticleBatches(clean.particles)
-    seen = np.concatenate([b.index for b in data.epoch(16, np.random.default_rng(0))])
+    seen = np.concatenate([step.batch.index for step in data.steps(16, np.random.default_rng(0))])
     assert sorted(seen.tolist()) == list(range(len(clean.particles)))
 
 

@@ -123,12 +123,6 @@ class ParticleBatches:
         return Batch(index, self.points.gather(spectra), self.points.gather(ctf),
                      self._rotations[index].to(self.device), flipped, self.points)
 
-    def epoch(self, batch_size: int, generator: np.random.Generator | None = None) -> Iterator[Batch]:
-        """All particles once in batches (shuffled by ``generator``, else in STAR order)."""
-        for step in self.steps(batch_size, generator):
-            assert step.batch is not None
-            yield step.batch
-
     def steps(self, batch_size: int, generator: np.random.Generator | None = None,
               ranks: Ranks = SINGLE) -> Iterator[Step]:
         """The steps of one epoch (see the module docstring): every rank gets ``ceil(N / batch_size)`` steps and
