@@ -17,6 +17,7 @@ import torch
 from vitreous.cli.preprocess import run_preprocess
 from vitreous.data import cache
 from vitreous.errors import InputError
+from vitreous.io import cache_manifest
 from vitreous.io.star import read_star
 from vitreous.neural.data import ParticleBatches, image_scale
 from vitreous.physics import fourier
@@ -73,7 +74,7 @@ def test_cache_job_folder(star: Path, built: Path) -> None:
     pd.testing.assert_frame_equal(cached.particles.drop(columns="rlnImageName"),
                                   original.particles.drop(columns="rlnImageName"), check_dtype=False)
     assert cached.particles["rlnImageName"].iloc[2] == "000003@particles.mrcs"
-    manifest = cache.read_manifest(built)
+    manifest = cache_manifest.read_manifest(built)
     scale = image_scale(original)
     assert manifest["scale"] == pytest.approx(scale) and manifest["dtype"] == "float16"
     with mrcfile.open(built / "particles.mrcs") as mrc:
@@ -159,7 +160,7 @@ def test_interrupted_build_leaves_no_valid_looking_cache(vitreous, star: Path, t
     vitreous("preprocess", star, "-o", out, "--downsample", "16").assert_error("--resume")
     result = vitreous("preprocess", star, "-o", out, "--downsample", "16", "--resume")
     assert result.code == 0, result.err
-    assert cache.data_file_problem(out, cache.read_manifest(out)) is None
+    assert cache_manifest.data_file_problem(out, cache_manifest.read_manifest(out)) is None
 
 
 @pytest.mark.parametrize(("option", "value", "fragment"), [

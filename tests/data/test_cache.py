@@ -16,6 +16,7 @@ import torch
 from vitreous.data import cache
 from vitreous.data.particles import ParticleSet
 from vitreous.errors import InputError
+from vitreous.io import cache_manifest
 from vitreous.io.stack import ImageStack
 from vitreous.physics.fourier import fourier_crop
 
@@ -42,16 +43,16 @@ def noise(tmp_path: Path) -> tuple[Path, np.ndarray]:
 
 def test_fingerprint_sees_size_time_and_sampled_bytes(noise) -> None:
     path, _ = noise
-    first = cache.fingerprint(path)
-    assert cache.fingerprint(path) == first
+    first = cache_manifest.fingerprint(path)
+    assert cache_manifest.fingerprint(path) == first
     with open(path, "r+b") as fh:  # the first sampled block starts at byte 0
         fh.seek(100)
         fh.write(b"\x01")
     os.utime(path, ns=(first["mtime_ns"], first["mtime_ns"]))
-    changed = cache.fingerprint(path)
+    changed = cache_manifest.fingerprint(path)
     assert changed["sample_sha256"] != first["sample_sha256"] and changed["mtime_ns"] == first["mtime_ns"]
     os.utime(path, ns=(first["mtime_ns"] + 10**9, first["mtime_ns"] + 10**9))
-    assert cache.fingerprint(path)["mtime_ns"] != first["mtime_ns"]
+    assert cache_manifest.fingerprint(path)["mtime_ns"] != first["mtime_ns"]
 
 
 def test_key_depends_on_metadata_stacks_and_params(tmp_path: Path, noise) -> None:
@@ -102,9 +103,9 @@ def test_image_stack_refuses_a_changed_cache_data_file(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     folder.mkdir()
     data_file = _stack(folder / cache.DATA_FILE, data)
-    manifest = {"vitreous_cache": cache.FORMAT, "key": "k", "data_file": cache.DATA_FILE,
-                "data": cache.fingerprint(data_file)}
-    (folder / cache.MANIFEST).write_text(json.dumps(manifest))
+    manifest = {"vitreous_cache": cache_manifest.FORMAT, "key": "k", "data_file": cache.DATA_FILE,
+                "data": cache_manifest.fingerprint(data_file)}
+    (folder / cache_manifest.MANIFEST).write_text(json.dumps(manifest))
     np.testing.assert_array_equal(ImageStack.from_file(data_file).read([2]), data[[2]])
     built = manifest["data"]["mtime_ns"]
     with open(data_file, "r+b") as fh:  # a byte no sampled block covers: caught by the modification time
@@ -117,7 +118,7 @@ def test_image_stack_refuses_a_changed_cache_data_file(tmp_path: Path) -> None:
     os.utime(data_file, ns=(built, built))
     with pytest.raises(InputError, match="changed size"):
         ImageStack.from_file(data_file)
-    (folder / cache.MANIFEST).unlink()  # no manifest: an ordinary stack, checked by its header alone
+    (folder / cache_manifest.MANIFEST).unlink()  # no manifest: an ordinary stack, checked by its header alone
     with pytest.raises(InputError, match="truncated"):
         ImageStack.from_file(data_file)
 

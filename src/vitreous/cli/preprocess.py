@@ -27,6 +27,7 @@ def run_preprocess(particles_path: Path, out: Path, *, downsample: int | None = 
     build is started again from the first image with ``resume`` (its data file is written in one go).
     """
     from vitreous.data import cache
+    from vitreous.io import cache_manifest
     from vitreous.io.formats import read_particles
 
     if dtype not in cache.DTYPES:
@@ -39,13 +40,13 @@ def run_preprocess(particles_path: Path, out: Path, *, downsample: int | None = 
     params = {"box": box, "dtype": dtype, "apix": apix, "normalisation": NORMALISATION_ID}
     sources = cache.describe_sources(particles_path, particles.images.paths, params)
     key = cache.cache_key(sources)
-    manifest = cache.read_manifest(out)
+    manifest = cache_manifest.read_manifest(out)
     if manifest is not None and not overwrite:
         if manifest.get("key") != key:
             changed = "; ".join(cache.source_differences(manifest.get("sources", {}), sources)) or "format"
             raise InputError(out, f"holds a particle cache built from other data or parameters (changed: {changed})",
                              "pass --overwrite to rebuild it there, or choose another -o")
-        problem = cache.data_file_problem(out, manifest)
+        problem = cache_manifest.data_file_problem(out, manifest)
         if problem is not None:
             raise InputError(out, f"particle cache is invalid: {problem}", "pass --overwrite to rebuild it")
         if (out / cache.STAR_FILE).is_file():
@@ -64,6 +65,7 @@ def _build(particles: ParticleSet, particles_path: Path, out: Path, *, box: int,
     from vitreous.cli.progress import progress_bar
     from vitreous.data import cache
     from vitreous.data.particles import ParticleSet
+    from vitreous.io import cache_manifest
     from vitreous.io.atomic import write_json
     from vitreous.io.stack import ImageStack
     from vitreous.io.star import write_star
@@ -73,7 +75,7 @@ def _build(particles: ParticleSet, particles_path: Path, out: Path, *, box: int,
 
     with Job.open(out, command="preprocess", params=job_params, inputs=[particles_path], overwrite=overwrite,
                   resume=resume) as job:
-        manifest_path, data_path = job.path(cache.MANIFEST), job.path(cache.DATA_FILE)
+        manifest_path, data_path = job.path(cache_manifest.MANIFEST), job.path(cache.DATA_FILE)
         manifest_path.unlink(missing_ok=True)  # first: until the new manifest is written, nothing looks valid
         for stale in out.glob(f".{cache.DATA_FILE}.*.tmp"):  # left by a killed build
             stale.unlink()
@@ -97,9 +99,9 @@ def _build(particles: ParticleSet, particles_path: Path, out: Path, *, box: int,
                    "throughput (images/s)": len(particles) / max(seconds, 1e-9),
                    "read (MB/s)": len(particles) * particles.box**2 * 4 / 1e6 / max(seconds, 1e-9), "key": key}
         write_json(manifest_path, {
-            "vitreous_cache": cache.FORMAT, "key": key, "built": now(), "data_file": cache.DATA_FILE,
-            "data": cache.fingerprint(data_path), "star_file": cache.STAR_FILE, "count": len(particles), "box": box,
-            "original_box": particles.box, "dtype": dtype, "pixel_size_A": sizes.tolist(), "scale": scale,
+            "vitreous_cache": cache_manifest.FORMAT, "key": key, "built": now(), "data_file": cache.DATA_FILE,
+            "data": cache_manifest.fingerprint(data_path), "star_file": cache.STAR_FILE, "count": len(particles),
+            "box": box, "original_box": particles.box, "dtype": dtype, "pixel_size_A": sizes.tolist(), "scale": scale,
             "normalisation": cache.NORMALISATION, "statistics": stats, "sources": sources})
         job.write_report(_report(particles_path, summary))
         for name, value in summary.items():

@@ -13,7 +13,8 @@ A cache folder (``vitreous preprocess``) holds
   the metadata file, each input stack's name, size, modification time and sampled bytes, and the parameters)
   and the identity of ``particles.mrcs`` (size, modification time, sampled bytes).
 
-:class:`vitreous.io.stack.ImageStack` calls :func:`check_cache_file` on every stack it opens: a cache data file
+:class:`vitreous.io.stack.ImageStack` calls :func:`vitreous.io.cache_manifest.check_cache_file` on every
+stack it opens: a cache data file
 that was changed or truncated after it was built is refused with a message naming the fix.
 """
 
@@ -29,34 +30,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitreous.errors import InputError
+from vitreous.io.cache_manifest import FORMAT, fingerprint
 
 if TYPE_CHECKING:
     from vitreous.data.particles import ParticleSet
 
-FORMAT = 1
-MANIFEST = "cache.json"
 DATA_FILE = "particles.mrcs"
 STAR_FILE = "particles.star"
 DTYPES = {"float32": 2, "float16": 12}  # numpy name -> MRC mode
-SAMPLE_BLOCKS = 16  # blocks read to fingerprint a file
-SAMPLE_BYTES = 4096
 CHUNK_BYTES = 32 * 2**20  # float32 bytes of the cropped images processed at once
 FLOAT16_MAX = 65504.0
 NORMALISATION = "divided by one global scale: the std of the pixels of <= 1000 random input images"
-
-
-def fingerprint(path: str | Path) -> dict[str, Any]:
-    """A file's identity: base name, size (bytes), modification time (ns) and SHA-256 of sampled blocks
-    (``SAMPLE_BLOCKS`` blocks of ``SAMPLE_BYTES`` evenly spread from the first byte to the last)."""
-    path = Path(path)
-    stat = path.stat()
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        last = max(stat.st_size - SAMPLE_BYTES, 0)
-        for offset in np.unique(np.linspace(0, last, SAMPLE_BLOCKS).astype(np.int64)).tolist():
-            fh.seek(offset)
-            digest.update(fh.read(SAMPLE_BYTES))
-    return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sample_sha256": digest.hexdigest()}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -90,45 +74,6 @@ def source_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     params = old.get("params", {})
     changed += [f"{k} ({params.get(k)} -> {v})" for k, v in new["params"].items() if params.get(k) != v]
     return changed
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any] | None:
-    """The manifest of a cache folder, or None when it has none (or an unreadable one)."""
-    try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("vitreous_cache") == FORMAT else None
-
-
-def data_file_problem(folder: str | Path, manifest: dict[str, Any]) -> str | None:
-    """Why the cache's data file no longer is what was built (missing, other size, time or bytes), or None."""
-    path = Path(folder) / manifest["data_file"]
-    if not path.is_file():
-        return f"its data file {path.name} is missing"
-    now, built = fingerprint(path), manifest["data"]
-    if now["size"] != built["size"]:
-        return f"its data file {path.name} changed size after it was built ({now['size']} bytes, built {built['size']})"
-    if now["sample_sha256"] != built["sample_sha256"]:
-        return f"the contents of its data file {path.name} changed after it was built"
-    if now["mtime_ns"] != built["mtime_ns"]:
-        return f"its data file {path.name} was modified after it was built"
-    return None
-
-
-def check_cache_file(path: Path) -> None:
-    """InputError if ``path`` is the data file of a cache folder and changed after the cache was built."""
-    manifest_path = path.parent / MANIFEST
-    if not manifest_path.is_file():
-        return
-    manifest = read_manifest(path.parent)
-    if manifest is None or manifest.get("data_file") != path.name:
-        return
-    problem = data_file_problem(path.parent, manifest)
-    if problem is not None:
-        raise InputError(path.parent, f"particle cache is invalid: {problem}",
-                         "rebuild it with vitreous preprocess ... --overwrite (copy caches with their timestamps: "
-                         "cp -p, rsync -t)")
 
 
 def cache_box(box: int, downsample: int | None) -> int:

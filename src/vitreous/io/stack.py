@@ -3,7 +3,7 @@
 Image ``i`` is frame ``index[i]`` (0-based) of file ``paths[file_id[i]]``.  Stacks are opened on first use
 and kept in a small cache of open files; each batch is read with plain reads, one per run of consecutive frames
 (a sorted batch of a contiguous stack or particle cache is one read).  A stack that is the data file of a
-particle cache (:mod:`vitreous.data.cache`) is checked against the cache's manifest when opened.
+particle cache (:mod:`vitreous.io.cache_manifest`) is checked against the cache's manifest when opened.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from vitreous.data.cache import check_cache_file
 from vitreous.errors import InputError
+from vitreous.io.cache_manifest import check_cache_file
 from vitreous.io.mrc import StackHeader, read_frames, read_header
 
 MAX_OPEN_FILES = 256
