@@ -37,10 +37,10 @@ from scipy.ndimage import uniform_filter1d
 from vitreous.errors import InputError
 from vitreous.io.micrographs import read_micrograph
 from vitreous.physics.fourier import radial_average
+from vitreous.physics.ice import HEXAGONAL_RINGS_A
 from vitreous.preprocess.ctf_estimate import CTFEstimate, CTFSearch, Optics, fit_ctf, periodogram, tile_size
 
 ICE_RINGS_A = (3.98, 3.35)
-CRYSTAL_RINGS_A = (3.90, 3.67, 3.44)
 BASELINE_A = (4.6, 3.05)
 RING_EXCLUSION = 0.008  # 1/Å either side of a crystalline ring left out of the baseline fit
 SMOOTHING = 0.016  # 1/Å, boxcar width of the profile smoothing
@@ -67,7 +67,7 @@ def crystalline_ice_score(power: torch.Tensor, pixel_size: float) -> float:
     profile = radial_average(power.double()).numpy()
     k = np.arange(len(profile)) / (T * pixel_size)
     ice = (k >= 1 / ICE_RINGS_A[0]) & (k <= 1 / ICE_RINGS_A[1])
-    near_ring = np.min(np.abs(k[:, None] - 1 / np.array(CRYSTAL_RINGS_A)[None]), axis=1) < RING_EXCLUSION
+    near_ring = np.min(np.abs(k[:, None] - 1 / np.array(HEXAGONAL_RINGS_A)[None]), axis=1) < RING_EXCLUSION
     baseline = (k >= 1 / BASELINE_A[0]) & (k <= min(1 / BASELINE_A[1], 0.5 / pixel_size)) & ~near_ring
     width = max(1, int(round(SMOOTHING * T * pixel_size)))
     smooth = uniform_filter1d(profile, width, mode="nearest")

@@ -48,6 +48,7 @@ import torch
 from vitreous.data.particles import EULER
 from vitreous.physics.ctf import CTFParams, compute_ctf, ctf_from_frequencies, electron_wavelength
 from vitreous.physics.fourier import ifft2c
+from vitreous.physics.ice import AMORPHOUS_PEAK_A, HEXAGONAL_RINGS_A
 from vitreous.physics.projection import Projector
 from vitreous.physics.rotations import euler_to_matrix, matrix_to_euler
 from vitreous.physics.so3_grid import random_rotations
@@ -55,10 +56,8 @@ from vitreous.sim.density import auto_blur, scattering_coefficients
 
 WATER_DENSITY = 0.031  # molecules / Å^3 (vitreous ice, 0.93 g/cm^3)
 CARBON_DENSITY = 0.1  # atoms / Å^3 (amorphous carbon, 2.0 g/cm^3)
-ICE_RINGS_A = (3.90, 3.67, 3.44)  # hexagonal ice (100), (002), (101) spacings
 RING_WIDTH = 0.004  # 1/Å, Gaussian sd of each crystalline-ice ring
 RING_HEIGHT = 500.0  # structure-factor peak of the crystalline rings, relative to S(0)
-AMORPHOUS_PEAK_A = 3.7  # first diffraction peak of vitreous ice (Q = 1.7 Å^-1)
 AMORPHOUS_PEAK_WIDTH = 0.02  # 1/Å, Gaussian sd of that peak
 AMORPHOUS_PEAK = 32.0  # its height relative to S(0): S(peak) ~ 2 for S(0) = 0.06
 NOISE_SAMPLE = 32  # projections per model used to set the Gaussian noise level
@@ -305,7 +304,7 @@ class MicrographSimulator:
                 peak = torch.exp(-0.5 * ((k - 1 / AMORPHOUS_PEAK_A) / AMORPHOUS_PEAK_WIDTH) ** 2)
                 structure += AMORPHOUS_PEAK * o.ice_structure * peak
             if crystalline:
-                for spacing in ICE_RINGS_A:
+                for spacing in HEXAGONAL_RINGS_A:
                     structure += RING_HEIGHT * o.ice_structure * torch.exp(-0.5 * ((k - 1 / spacing) / RING_WIDTH) ** 2)
             # white noise of unit variance per pixel has power apix^2: filter to density * S * |f|^2 per Å
             filt = (torch.sqrt(density * structure) * form / o.apix).float()
