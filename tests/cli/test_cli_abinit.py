@@ -59,6 +59,21 @@ def test_abinit_writes_a_complete_job_with_classes(vitreous, simulated: Path, tm
     assert json.loads((out / "job.json").read_text())["status"] == "finished"
 
 
+def test_without_refinement_the_stage_2_poses_are_written(vitreous, simulated: Path, tmp_path: Path) -> None:
+    from vitreous.reconstruct.abinit import Assignment
+
+    out = tmp_path / "job"
+    fast = [*FAST[:FAST.index("--refine-iterations")], *FAST[FAST.index("--refine-iterations") + 2:]]
+    result = vitreous("abinit", simulated / "particles.star", "-o", out, "--refine-iterations", "0", *fast)
+    assert result.code == 0, result.err
+    assignment = Assignment.from_dict(torch.load(out / "checkpoints" / "classes.pt", weights_only=False))
+    rotations, shifts_px = assignment.best_poses()
+    written = read_star(out / "particles.star")
+    np.testing.assert_allclose(written.rotations, rotations, atol=1e-5)
+    np.testing.assert_allclose(written.shifts_px, shifts_px, atol=1e-4)
+    assert not np.allclose(written.rotations, np.eye(3))
+
+
 def test_an_interrupted_run_resumes_from_its_last_mini_batch(vitreous, simulated: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from vitreous.cli.abinit import run_abinit

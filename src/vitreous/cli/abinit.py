@@ -166,13 +166,13 @@ def _write_results(job, particles: ParticleSet, state: SGDState, posteriors: np.
     for k, result in enumerate(refined):
         members = np.nonzero(labels == k)[0]
         row = {"class": k + 1, "particles": len(members), "fraction": len(members) / n}
-        if result is not None:
+        if result is not None:  # its poses: refined, or from stage 2 with --refine-iterations 0
             write_map(job.path(_map_name(k, K)), result.full_map, pixel_size)
+            rotations[members], shifts[members] = result.rotations, result.shifts_px
+            max_weight[members], halves[members] = result.max_weight, result.halves
         if result is not None and result.iteration > 0:
             write_map(job.path(_map_name(k, K, "_half_map_1")), result.references[0], pixel_size)
             write_map(job.path(_map_name(k, K, "_half_map_2")), result.references[1], pixel_size)
-            rotations[members], shifts[members] = result.rotations, result.shifts_px
-            max_weight[members], halves[members] = result.max_weight, result.halves
             table.setdefault("frequency_invA", result.frequency)
             table[f"fsc_class_{k + 1}"] = result.fsc[-1]
             row["FSC=0.143 (Å)"] = resolution_at(result.frequency, result.fsc[-1], 0.143)
