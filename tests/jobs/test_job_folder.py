@@ -84,6 +84,33 @@ def test_ctrl_c_and_sigterm_mean_interrupted(tmp_path: Path, inputs: list[Path])
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
+def test_a_second_sigterm_while_the_outcome_is_written_is_ignored(tmp_path: Path, inputs: list[Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun sends SIGTERM to the surviving ranks: one arriving while the job records 'interrupted' must not
+    end the process before job.json says so."""
+    from vitreous.jobs import job as job_module
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed in the main thread")
+    calls: list[int] = []
+    real_write = job_module.write_record
+
+    def write_during_sigterm(folder: Path, data: dict) -> None:
+        if data["status"] != RUNNING:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_write(folder, data)
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        monkeypatch.setattr(job_module, "write_record", write_during_sigterm)
+        with pytest.raises(KeyboardInterrupt), open_job(tmp_path / "job", inputs):
+            raise KeyboardInterrupt("stopped")
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert record(tmp_path / "job")["status"] == INTERRUPTED and calls == []
+
+
 def test_system_exit_zero_is_finished(tmp_path: Path, inputs: list[Path]) -> None:
     with pytest.raises(SystemExit), open_job(tmp_path / "job", inputs):
         raise SystemExit(0)

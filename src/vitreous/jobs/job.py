@@ -110,17 +110,21 @@ class Job:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._restore_sigterm()
-        status, error = _outcome(exc)
-        assert self._log is not None
-        if status == FINISHED:
-            log.info("vitreous %s finished", self.record["command"])
-        else:
-            self._log.error(f"vitreous {self.record['command']} {status}: {error}", exc)
-        self.record.update(status=status, error=error, ended=now())
-        write_record(self.folder, self.record)
-        self._log.close()
-        self._log = None
+        if self._sigterm is not None:  # a second SIGTERM (torchrun stopping the survivors) must not cut this short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            status, error = _outcome(exc)
+            assert self._log is not None
+            if status == FINISHED:
+                log.info("vitreous %s finished", self.record["command"])
+            else:
+                self._log.error(f"vitreous {self.record['command']} {status}: {error}", exc)
+            self.record.update(status=status, error=error, ended=now())
+            write_record(self.folder, self.record)
+            self._log.close()
+            self._log = None
+        finally:
+            self._restore_sigterm()
 
     def _catch_sigterm(self) -> None:
         """Turn SIGTERM (a scheduler's time limit, ``kill``) into KeyboardInterrupt: status 'interrupted'."""
