@@ -1,7 +1,7 @@
 """Overlap reading with compute: produce the items of an iterable in a background thread, a few ahead.
 
 ``for batch in prefetch(batches(...), depth=2): compute(batch)`` reads batch ``k + 1`` (and ``k + 2``) while
-batch ``k`` is computed.  One thread suffices because file reads (``numpy.fromfile``), FFTs and most torch
+batch ``k`` is computed.  One thread suffices because file reads (``readinto``), FFTs and most torch
 kernels release the GIL.  Memory: at most ``depth + 2`` items exist at once (``depth`` queued, one being
 produced, one being consumed).
 """

@@ -155,7 +155,6 @@ def refresh_poses(models: torch.nn.ModuleList, data: ParticleBatches, state: Mix
                                shells.clamp_min(1e-12), box, mode="ncc") for model in models]
     images = CroppedImages(data.particles, box, device)
     mine = ranks.shard(len(data))
-    found = torch.zeros((len(data), len(models), 11), device=device)  # rotation (9), shift (2): 0 off the shard
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
         spectra, ctf = images.read(idx)
@@ -163,11 +162,10 @@ def refresh_poses(models: torch.nn.ModuleList, data: ParticleBatches, state: Mix
         for k, search in enumerate(searches):
             result = search.local_search(spectra, ctf, torch.as_tensor(state.rotations[idx, k], device=device),
                                          torch.as_tensor(state.shifts_px[idx, k], device=device), options)
-            found[torch.as_tensor(idx, device=device), k] = torch.cat(
-                [result.best_rotations.reshape(len(idx), 9), result.best_shifts], 1).float()
-    found = ranks.all_reduce(found).cpu().numpy()
-    state.rotations[:] = found[..., :9].reshape(state.rotations.shape)
-    state.shifts_px[:] = found[..., 9:]
+            state.rotations[idx, k] = result.best_rotations.cpu().numpy()
+            state.shifts_px[idx, k] = result.best_shifts.cpu().numpy()
+    state.rotations[:] = ranks.gather_rows(state.rotations, mine)
+    state.shifts_px[:] = ranks.gather_rows(state.shifts_px, mine)
 
 
 def train_mixture(data: ParticleBatches, state: MixtureState, options: MixtureOptions,
@@ -263,12 +261,11 @@ def encode_classes(models: torch.nn.ModuleList, data: ParticleBatches, batch_siz
     if not zdim:
         return np.zeros((len(data), len(models), 0), np.float32)
     models.eval()
-    out = torch.zeros((len(data), len(models), zdim), device=data.device)
+    out = np.zeros((len(data), len(models), zdim), np.float32)
     for batch in data.shard(batch_size, ranks):
-        rows = torch.as_tensor(batch.index, device=data.device)
         for k, model in enumerate(models):
-            out[rows, k] = model.encode(batch)[0].float()
-    return ranks.all_reduce(out).cpu().numpy()
+            out[batch.index, k] = model.encode(batch)[0].float().cpu().numpy()
+    return ranks.gather_rows(out, ranks.shard(len(data)))
 
 
 __all__ = ["MixtureOptions", "MixtureState", "encode_classes", "initial_mixture", "mixture_terms",

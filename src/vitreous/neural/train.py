@@ -248,12 +248,12 @@ def encode_all(model: VAE, data: ParticleBatches, batch_size: int = 256, ranks: 
     model.eval()
     if model.encoder is None:
         return np.zeros((len(data), 0), np.float32)
-    latents = torch.zeros((len(data), model.config.zdim), device=data.device)
+    out = np.zeros((len(data), model.config.zdim), np.float32)
     for batch in data.shard(batch_size, ranks):
         with _autocast(data.device):
             mean, _ = model.encode(batch)
-        latents[torch.as_tensor(batch.index, device=data.device)] = mean.float()
-    out = ranks.all_reduce(latents).cpu().numpy()
+        out[batch.index] = mean.float().cpu().numpy()
+    out = ranks.gather_rows(out, ranks.shard(len(data)))
     if not np.isfinite(out).all():
         raise InputError(None, "the encoder returned non-finite latents", "train again with a lower --lr")
     return out
