@@ -43,8 +43,10 @@ def test_abinit_writes_a_complete_job_with_classes(vitreous, simulated: Path, tm
     assert result.code == 0, result.err
     for name in ("class_001.mrc", "class_002.mrc", "class_001_initial.mrc", "class_001_half_map_1.mrc",
                  "particles.star", "fsc.csv", "report.html", "job.json", "run.log", "checkpoints/sgd.pt",
-                 "checkpoints/classes.pt"):
+                 "checkpoints/classes.pt", "checkpoints/resolve.pt"):
         assert (out / name).is_file(), name
+    resolved = torch.load(out / "checkpoints/resolve.pt", weights_only=False)
+    assert 1 <= resolved["round"] <= 3 and (resolved["round"] == 3 or resolved["changed"] <= 0.01)
     volume, voxel = read_map(out / "class_001.mrc")
     assert volume.shape == (BOX,) * 3 and voxel == pytest.approx(APIX)
     table = read_star(out / "particles.star").particles
@@ -66,7 +68,7 @@ def test_without_refinement_the_stage_2_poses_are_written(vitreous, simulated: P
     fast = [*FAST[:FAST.index("--refine-iterations")], *FAST[FAST.index("--refine-iterations") + 2:]]
     result = vitreous("abinit", simulated / "particles.star", "-o", out, "--refine-iterations", "0", *fast)
     assert result.code == 0, result.err
-    assignment = Assignment.from_dict(torch.load(out / "checkpoints" / "classes.pt", weights_only=False))
+    assignment = Assignment.from_dict(torch.load(out / "checkpoints" / "classes.pt", weights_only=False)["assignment"])
     rotations, shifts_px = assignment.best_poses()
     written = read_star(out / "particles.star")
     np.testing.assert_allclose(written.rotations, rotations, atol=1e-5)
@@ -103,11 +105,35 @@ def test_an_interrupted_run_resumes_from_its_last_mini_batch(vitreous, simulated
     assert (out / "map.mrc").is_file() and (out / "map_initial.mrc").is_file()
 
 
+def test_a_finished_resolve_round_is_not_run_again_on_resume(vitreous, simulated: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "job"
+    real = abinit_module.resolve_classes
+    rounds: list[int] = []
+
+    def interrupted_second(particles, state, assignment, options, round_, progress=None):
+        rounds.append(round_)
+        if round_ == 1:
+            raise KeyboardInterrupt("stopped by the test")
+        return real(particles, state, assignment, options, round_, progress)
+
+    monkeypatch.setattr(abinit_module, "resolve_classes", interrupted_second)
+    args = ("abinit", simulated / "particles.star", "-o", out, "--classes", "2", "--resolve-rounds", "2", *FAST)
+    assert vitreous(*args).code != 0 and rounds == [0, 1]
+    assert torch.load(out / "checkpoints/resolve.pt", weights_only=False)["round"] == 1
+    rounds.clear()
+    monkeypatch.setattr(abinit_module, "resolve_classes", lambda *a, **k: rounds.append(a[4]) or real(*a, **k))
+    result = vitreous(*args, "--resume")
+    assert result.code == 0, result.err
+    assert rounds == [1] and torch.load(out / "checkpoints/resolve.pt", weights_only=False)["round"] == 2
+
+
 @pytest.mark.parametrize("args, fragments", [
     (("--classes", "0"), ("--classes 0",)),
     (("--classes", str(N + 1)), (f"--classes {N + 1}",)),
     (("--initial-resolution", "10", "--final-resolution", "20"), ("final",)),
     (("--refine-iterations", "-1"), ("--refine-iterations",)),
+    (("--resolve-rounds", "-1"), ("--resolve-rounds",)),
 ])
 def test_bad_options_are_one_line(vitreous, simulated: Path, tmp_path: Path, args, fragments) -> None:
     out = tmp_path / "job"

@@ -7,18 +7,23 @@ from importlib import resources
 
 import numpy as np
 import pytest
+import torch
 
 from vitreous.analysis.alignment import align_map
 from vitreous.analysis.fsc import fsc_curve, resolution_at
 from vitreous.data.particles import ParticleSet
 from vitreous.errors import InputError
 from vitreous.reconstruct.abinit import (
+    MASK_MARGIN,
+    MASK_STEP,
     AbinitOptions,
     Assignment,
     SGDState,
+    adapted_diameter_A,
     initial_sgd_state,
     run_sgd,
     small_box_for,
+    support_diameter_A,
 )
 from vitreous.sim.particles import Acquisition, simulate_stack
 from vitreous.sim.truth import models_truth
@@ -69,6 +74,34 @@ def test_options_that_cannot_work_are_refused(simulated) -> None:
         AbinitOptions(initial_resolution_A=60, final_resolution_A=20).check(particles)
 
 
+def test_balanced_posteriors_give_every_class_an_equal_share() -> None:
+    from vitreous.reconstruct.abinit import balanced_posteriors
+
+    generator = torch.Generator().manual_seed(0)
+    evidence = 3.0 * torch.randn((90, 3), generator=generator, dtype=torch.float64)
+    evidence[:, 0] += 6.0  # class 1 explains most images best
+    plain, balanced = torch.softmax(evidence, 1), balanced_posteriors(evidence)
+    assert plain.sum(0)[0] > 60
+    torch.testing.assert_close(balanced.sum(1), torch.ones(90, dtype=torch.float64))
+    torch.testing.assert_close(balanced.sum(0), torch.full((3,), 30.0, dtype=torch.float64), rtol=0.02, atol=0)
+    # per-class factors only: every image's preference between two classes keeps its order
+    ratio = balanced[:, 1] / balanced[:, 2]
+    order = torch.argsort(plain[:, 1] / plain[:, 2])
+    assert (ratio[order].diff() >= -1e-9).all()
+
+
+def test_an_adaptive_mask_follows_the_support_of_a_map_by_bounded_steps() -> None:
+    from vitreous.physics.fourier import soft_spherical_mask
+
+    ball = soft_spherical_mask(48, 10.0, 2.0)  # 1 out to 10 px, cosine edge to 12 px
+    assert 2 * 10 * APIX <= support_diameter_A(ball, APIX) <= 2 * 13 * APIX
+    wanted = MASK_MARGIN * support_diameter_A(ball, APIX)
+    assert adapted_diameter_A(ball, APIX, wanted) == pytest.approx(wanted)
+    assert adapted_diameter_A(ball, APIX, 30.0) == pytest.approx(30.0 * MASK_STEP)  # grows by bounded steps
+    assert adapted_diameter_A(ball, APIX, 130.0) == pytest.approx(130.0 / MASK_STEP)  # and shrinks so
+    assert adapted_diameter_A(2.0 * ball, APIX, wanted) == pytest.approx(wanted)  # the scale does not count
+
+
 def test_random_start_converges_to_the_truth_in_either_hand(simulated) -> None:
     particles, truth = simulated
     options = AbinitOptions(iterations=12, initial_batch=100, final_batch=300, final_resolution_A=12.0)
@@ -81,6 +114,9 @@ def test_random_start_converges_to_the_truth_in_either_hand(simulated) -> None:
     # measured 10.5 Å (FSC 0.5 against the truth); a failed ab initio stays above 20 Å
     assert resolution_at(frequency, fsc, 0.5) < 13.0
     assert aligned.correlation > 0.85
+    # the class mask started at 40 % of the 96 Å box (38 Å, inside the protein) and grew to hold it
+    extent = support_diameter_A(torch.as_tensor(truth), APIX)
+    assert extent <= state.mask_diameters_A[0] <= MASK_MARGIN * extent + 2 * APIX
 
 
 def test_classes_started_from_one_reference_separate_two_conformations(tmp_path) -> None:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 SGD_CHECKPOINT = "sgd"
 CLASSES_CHECKPOINT = "classes"
+RESOLVE_CHECKPOINT = "resolve"
+RESOLVE_TOLERANCE = 0.01  # re-solving stops once at most this fraction of the particles changes class
 
 
 def _map_name(k: int, classes: int, suffix: str = "") -> str:
@@ -48,7 +50,6 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
     from vitreous.reconstruct.abinit import (
         Assignment,
         SGDState,
-        assign_classes,
         initial_sgd_state,
         refine_options,
         run_sgd,
@@ -67,18 +68,17 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
     with progress_bar(options.iterations - state.iteration, "ab initio (stochastic EM)") as advance:
         state = run_sgd(particles, state, options, lambda s: job.save_checkpoint(SGD_CHECKPOINT, s.to_dict()),
                         advance)
+    saved = job.load_checkpoint(CLASSES_CHECKPOINT) if job.resumed else None
+    if saved is None:
+        state, assignment = _assign_and_resolve(job, particles, state, options, start is None)
+        if K > 1 and start is None and options.merge_duplicates:
+            assignment = _merge_duplicates(state, assignment)
+        job.save_checkpoint(CLASSES_CHECKPOINT, {"assignment": assignment.to_dict(), "state": state.to_dict()})
+    else:
+        state, assignment = SGDState.from_dict(saved["state"]), Assignment.from_dict(saved["assignment"])
     initial = state.full_maps(box)
     for k in range(K):
         write_map(job.path(_map_name(k, K, "_initial")), initial[k], pixel_size)
-    saved = job.load_checkpoint(CLASSES_CHECKPOINT) if job.resumed else None
-    if saved is None:
-        with progress_bar(len(particles), "class and pose assignment") as advance:
-            assignment = assign_classes(particles, state, options, advance)
-        if K > 1 and start is None and options.merge_duplicates:
-            assignment = _merge_duplicates(state, assignment)
-        job.save_checkpoint(CLASSES_CHECKPOINT, assignment.to_dict())
-    else:
-        assignment = Assignment.from_dict(saved)
     rotations, shifts_px = assignment.best_poses()
     refine_opts = refine_options(options)
     refined: list[RefineState | None] = []
@@ -96,6 +96,36 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
                               on_iteration=lambda s, name=name: job.save_checkpoint(name, s.to_dict()),
                               progress=lambda text, n, k=k: progress_bar(n, f"class {k + 1}: {text}")))
     return AbinitResult(state, assignment, refined)
+
+
+def _assign_and_resolve(job, particles: ParticleSet, state: SGDState, options: AbinitOptions, from_noise: bool,
+                        ) -> tuple[SGDState, Assignment]:
+    """Stage 2, then (several classes from noise) up to ``resolve_rounds`` times, until at most
+    ``RESOLVE_TOLERANCE`` of the particles change class: each class re-solved alone from its members and stage 2
+    again; each round checkpointed."""
+    import numpy as np
+
+    from vitreous.cli.progress import progress_bar
+    from vitreous.reconstruct.abinit import Assignment, SGDState, assign_classes, resolve_classes
+
+    rounds = options.resolve_rounds if options.classes > 1 and from_noise else 0
+    saved = job.load_checkpoint(RESOLVE_CHECKPOINT) if job.resumed else None
+    if saved is not None:
+        done, changed, state, assignment = (saved["round"], saved["changed"], SGDState.from_dict(saved["state"]),
+                                            Assignment.from_dict(saved["assignment"]))
+    else:
+        with progress_bar(len(particles), "class and pose assignment") as advance:
+            done, changed, assignment = 0, 1.0, assign_classes(particles, state, options, advance)
+    while done < rounds and changed > RESOLVE_TOLERANCE:
+        with progress_bar(options.classes, f"round {done + 1}: each class re-solved alone") as advance:
+            state = resolve_classes(particles, state, assignment, options, done, advance)
+        with progress_bar(len(particles), f"round {done + 1}: class and pose assignment") as advance:
+            previous, assignment = assignment.labels, assign_classes(particles, state, options, advance)
+        done, changed = done + 1, float(np.mean(assignment.labels != previous))
+        console.err.print(f"round {done}: {100 * changed:.1f} % of the particles changed class", markup=False)
+        job.save_checkpoint(RESOLVE_CHECKPOINT, {"round": done, "changed": changed, "state": state.to_dict(),
+                                                 "assignment": assignment.to_dict()})
+    return state, assignment
 
 
 def _merge_duplicates(state: SGDState, assignment: Assignment) -> Assignment:
@@ -265,12 +295,16 @@ def register(app: typer.Typer) -> None:
         final_resolution: Annotated[float, typer.Option(
             "--final-resolution", metavar="Å", help="Resolution compared at the end of stochastic EM.")] = 12.0,
         mask_diameter: Annotated[float | None, typer.Option(
-            "--mask-diameter", metavar="Å", help="Diameter of the soft spherical mask (default 90 % of the "
-                                                 "box).")] = None,
+            "--mask-diameter", metavar="Å", help="Diameter of one soft spherical mask for every class (default: "
+                                                 "each class its own, following its map's extent).")] = None,
         merge_duplicates: Annotated[bool, typer.Option(
             "--merge-duplicates", help="Merge classes that converged to the same structure after stage 2 "
                                        "(maps that agree to their own resolution), leaving the surplus classes "
                                        "empty: for mixtures of different proteins.")] = False,
+        resolve_rounds: Annotated[int, typer.Option(
+            "--resolve-rounds", help="With several classes: at most this many rounds of each class re-solved "
+                                     "alone from its particles, then every particle assigned again (stops once "
+                                     "at most 1 % change class).")] = 3,
         refine_iterations: Annotated[int, typer.Option(
             "--refine-iterations", help="Refinement iterations per class after stochastic EM (0: none).")] = 6,
         max_shift: Annotated[float | None, typer.Option(
@@ -283,14 +317,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from vitreous.reconstruct.abinit import AbinitOptions
 
-        if refine_iterations < 0:
-            raise InputError(None, f"--refine-iterations must be 0 or more, not {refine_iterations}", "fix it")
+        for name, value in (("--refine-iterations", refine_iterations), ("--resolve-rounds", resolve_rounds)):
+            if value < 0:
+                raise InputError(None, f"{name} must be 0 or more, not {value}", "fix it")
         if mask_diameter is not None and mask_diameter <= 0:
             raise InputError(None, "--mask-diameter must be positive", "fix the option")
         options = AbinitOptions(
             classes=classes, iterations=iterations, initial_batch=initial_batch, final_batch=final_batch,
             initial_resolution_A=initial_resolution, final_resolution_A=final_resolution,
             mask_diameter_A=mask_diameter, refine_iterations=refine_iterations, max_shift_A=max_shift,
-            merge_duplicates=merge_duplicates,
+            merge_duplicates=merge_duplicates, resolve_rounds=resolve_rounds,
             batch_size=batch_size, device=device, seed=seed)
         run_abinit(particles, out, options, datadir=datadir, apix=apix, resume=resume, overwrite=overwrite)

@@ -286,7 +286,7 @@ def register(app: typer.Typer) -> None:
             options = AbinitOptions(classes=classes, iterations=40 if iterations is None else iterations,
                                     initial_resolution_A=initial_lowpass,
                                     final_resolution_A=final_resolution, refine_iterations=refine_iterations,
-                                    batch_size=min(batch_size, 256),
+                                    batch_size=min(batch_size, 256), balance=False,
                                     device=device, seed=seed)
             run_abinit(particles, out, options, datadir=datadir, apix=apix, resume=resume, overwrite=overwrite,
                        reference=reference)
