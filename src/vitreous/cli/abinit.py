@@ -80,7 +80,6 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
     for k in range(K):
         write_map(job.path(_map_name(k, K, "_initial")), initial[k], pixel_size)
     rotations, shifts_px = assignment.best_poses()
-    refine_opts = refine_options(options)
     refined: list[RefineState | None] = []
     for k in range(K):
         members = np.nonzero(assignment.labels == k)[0]
@@ -91,6 +90,7 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
                                                       shifts_angst=shifts_px[members] * pixel_size)
         name = f"refine_class_{k + 1:03d}"
         saved = job.load_checkpoint(name) if job.resumed else None
+        refine_opts = refine_options(options, float(state.mask_diameters_A[k]))
         begin = RefineState.from_dict(saved) if saved is not None else initial_state(subset, initial[k], refine_opts)
         refined.append(refine(subset, begin, refine_opts,
                               on_iteration=lambda s, name=name: job.save_checkpoint(name, s.to_dict()),
@@ -195,7 +195,8 @@ def _write_results(job, particles: ParticleSet, state: SGDState, posteriors: np.
     rows = []
     for k, result in enumerate(refined):
         members = np.nonzero(labels == k)[0]
-        row = {"class": k + 1, "particles": len(members), "fraction": len(members) / n}
+        row = {"class": k + 1, "particles": len(members), "fraction": len(members) / n,
+               "stage-1 mask (Å)": round(float(state.mask_diameters_A[k]))}
         if result is not None:  # its poses: refined, or from stage 2 with --refine-iterations 0
             write_map(job.path(_map_name(k, K)), result.full_map, pixel_size)
             rotations[members], shifts[members] = result.rotations, result.shifts_px

@@ -518,10 +518,11 @@ def resolve_classes(particles: ParticleSet, state: SGDState, assignment: Assignm
                    counts=counts, priors=sizes / sizes.sum())
 
 
-def refine_options(options: AbinitOptions) -> RefineOptions:
-    """Stage 3 settings: local refinement from the stage-2 poses (first step 7.5°, the spacing after the
-    15° grid's first halving) against the stage-1 map low-passed to the stage's final resolution."""
-    return RefineOptions(initial_lowpass_A=options.final_resolution_A, mask_diameter_A=options.mask_diameter_A,
+def refine_options(options: AbinitOptions, mask_diameter_A: float) -> RefineOptions:
+    """Stage 3 settings for a class: local refinement from the stage-2 poses (first step 7.5°, the spacing
+    after the 15° grid's first halving) against the stage-1 map low-passed to the stage's final resolution,
+    inside the class's stage-1 mask."""
+    return RefineOptions(initial_lowpass_A=options.final_resolution_A, mask_diameter_A=mask_diameter_A,
                          max_iterations=options.refine_iterations, local_only=True, end_level=2, keep=5,
                          max_shift_A=options.max_shift_A, batch_size=options.batch_size, device=options.device,
                          seed=options.seed)
