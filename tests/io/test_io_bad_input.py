@@ -104,6 +104,19 @@ def test_star_without_image_names(tiny_project: dict, one_line_error) -> None:
     assert len(read_star(star, load_images=False)) == 3  # metadata alone is still usable
 
 
+@pytest.mark.parametrize("column", ["rlnImageName", "rlnDefocusU"])
+def test_star_with_a_column_named_twice(tiny_project: dict, one_line_error, column: str) -> None:
+    """Found by the STAR fuzz test: a second ``_rlnImageName`` header made the name column a table."""
+    lines = tiny_project["star"].read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith(f"_{column} "))
+    star = tiny_project["dir"] / "twice.star"
+    lines[header + 1] = f"_{column} #99"  # the next column's label replaced by a second one of this name
+    star.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=f"column {column} appears twice") as info:
+        read_star(star)
+    one_line_error(info.value, star)
+
+
 def test_relion30_loop_without_image_names(tmp_path: Path, one_line_error) -> None:
     star = tmp_path / "coords.star"
     star.write_text("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1.0 2.0\n3.0 4.0\n")

@@ -91,13 +91,15 @@ def _optics_from_particles(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
 
 
 def _check_numeric(table: pd.DataFrame, path: Path, row_name: str) -> None:
-    """Convert the known numeric columns to numbers, refusing non-finite, non-integer or non-positive values."""
+    """Convert the known numeric columns to numbers, refusing non-finite, non-integer or non-positive values
+    (and any column named twice)."""
+    duplicated = table.columns[table.columns.duplicated()]
+    if len(duplicated):
+        raise InputError(path, f"column {duplicated[0]} appears twice", "remove the duplicate column")
     for label in NUMERIC_LABELS + INTEGER_LABELS:
         if label not in table:
             continue
         column = table[label]
-        if isinstance(column, pd.DataFrame):
-            raise InputError(path, f"column {label} appears twice", "remove the duplicate column")
         values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
         bad = ~np.isfinite(values)
         problem = "not a finite number"
