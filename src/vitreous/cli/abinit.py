@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 SGD_CHECKPOINT = "sgd"
 CLASSES_CHECKPOINT = "classes"
 RESOLVE_CHECKPOINT = "resolve"
-RESOLVE_TOLERANCE = 0.01  # re-solving stops once at most this fraction of the particles changes class
 
 
 def _map_name(k: int, classes: int, suffix: str = "") -> str:
@@ -100,32 +99,21 @@ def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np
 
 def _assign_and_resolve(job, particles: ParticleSet, state: SGDState, options: AbinitOptions, from_noise: bool,
                         ) -> tuple[SGDState, Assignment]:
-    """Stage 2, then (several classes from noise) up to ``resolve_rounds`` times, until at most
-    ``RESOLVE_TOLERANCE`` of the particles change class: each class re-solved alone from its members and stage 2
-    again; each round checkpointed."""
-    import numpy as np
-
+    """Stage 2, then (several classes from noise) the re-solve rounds, each checkpointed."""
     from vitreous.cli.progress import progress_bar
-    from vitreous.reconstruct.abinit import Assignment, SGDState, assign_classes, resolve_classes
+    from vitreous.reconstruct.abinit import Resolved, assign_classes, resolve_rounds
 
-    rounds = options.resolve_rounds if options.classes > 1 and from_noise else 0
     saved = job.load_checkpoint(RESOLVE_CHECKPOINT) if job.resumed else None
     if saved is not None:
-        done, changed, state, assignment = (saved["round"], saved["changed"], SGDState.from_dict(saved["state"]),
-                                            Assignment.from_dict(saved["assignment"]))
+        resolved = Resolved.from_dict(saved)
     else:
         with progress_bar(len(particles), "class and pose assignment") as advance:
-            done, changed, assignment = 0, 1.0, assign_classes(particles, state, options, advance)
-    while done < rounds and changed > RESOLVE_TOLERANCE:
-        with progress_bar(options.classes, f"round {done + 1}: each class re-solved alone") as advance:
-            state = resolve_classes(particles, state, assignment, options, done, advance)
-        with progress_bar(len(particles), f"round {done + 1}: class and pose assignment") as advance:
-            previous, assignment = assignment.labels, assign_classes(particles, state, options, advance)
-        done, changed = done + 1, float(np.mean(assignment.labels != previous))
-        console.err.print(f"round {done}: {100 * changed:.1f} % of the particles changed class", markup=False)
-        job.save_checkpoint(RESOLVE_CHECKPOINT, {"round": done, "changed": changed, "state": state.to_dict(),
-                                                 "assignment": assignment.to_dict()})
-    return state, assignment
+            resolved = Resolved(0, 1.0, state, assign_classes(particles, state, options, advance))
+    rounds = options.resolve_rounds if options.classes > 1 and from_noise else 0
+    resolved = resolve_rounds(particles, resolved, options, rounds,
+                              lambda r: job.save_checkpoint(RESOLVE_CHECKPOINT, r.to_dict()),
+                              lambda text, n: progress_bar(n, text))
+    return resolved.state, resolved.assignment
 
 
 def _merge_duplicates(state: SGDState, assignment: Assignment) -> Assignment:
