@@ -147,21 +147,26 @@ class VoxelDecoder(nn.Module):
 
     def volumes(self, z: Tensor | None, n: int = 1) -> Tensor:
         """Real-space maps (n, D, D, D) [z, y, x] at latents ``z`` (n, Z) (None for zdim 0)."""
-        base = self.scale * self.base.volumes()
-        if not self.rank:
-            return base.expand(n, -1, -1, -1)
-        delta = torch.einsum("nk,kijl->nijl", self.coefficients(z).float(), self.deltas.volumes())
-        return base + self.scale * fourier_pad(delta, self.box, ndim=3) * (self.delta_box / self.box) ** 3
+        coefficients = self.coefficients(z).float() if self.rank else None
+        with torch.autocast(self.scale.device.type, enabled=False):  # only the MLP may run in bfloat16
+            base = self.scale * self.base.volumes()
+            if coefficients is None:
+                return base.expand(n, -1, -1, -1)
+            delta = torch.einsum("nk,kijl->nijl", coefficients, self.deltas.volumes())
+            return base + self.scale * fourier_pad(delta, self.box, ndim=3) * (self.delta_box / self.box) ** 3
 
     def slices(self, z: Tensor | None, rotations: Tensor, points: FourierPoints) -> Tensor:
         """Central sections (B, M) complex of the maps at ``z`` (B, Z) for RELION matrices (B, 3, 3) at ``points``
-        (Fourier pixels of the D box; the same values as ``Projector(volume).slices`` there)."""
-        rotations = rotations.float()
-        coords = points.coords.to(rotations)
-        out = self.base.sections(self.base.table(), rotations, coords)[:, :, 0]
-        if self.rank:
-            inner = torch.nonzero(points.shell < self.delta_box / 2).squeeze(1)
-            sections = self.deltas.sections(self.deltas.table(), rotations, coords[:, inner])
-            mixed = torch.einsum("nk,nmkr->nmr", self.coefficients(z).float(), sections)
-            out = out.index_add(1, inner, mixed)
-        return self.scale * torch.view_as_complex(out.contiguous())
+        (Fourier pixels of the D box; the same values as ``Projector(volume).slices`` there).  Under autocast only
+        the coefficient MLP runs in lower precision: rotated coordinates in bfloat16 would be off by up to a
+        quarter of a padded voxel."""
+        coefficients = self.coefficients(z).float() if self.rank else None
+        with torch.autocast(rotations.device.type, enabled=False):
+            rotations = rotations.float()
+            coords = points.coords.to(rotations)
+            out = self.base.sections(self.base.table(), rotations, coords)[:, :, 0]
+            if coefficients is not None:
+                inner = torch.nonzero(points.shell < self.delta_box / 2).squeeze(1)
+                sections = self.deltas.sections(self.deltas.table(), rotations, coords[:, inner])
+                out = out.index_add(1, inner, torch.einsum("nk,nmkr->nmr", coefficients, sections))
+            return self.scale * torch.view_as_complex(out.contiguous())
