@@ -62,7 +62,8 @@ def find_duplicates(maps: list[ClassMap | None], sizes: np.ndarray, pixel_size: 
             own = max(mi.resolution_A, mj.resolution_A)
             moving, reference = _coarse(mj.volume, pixel_size, own), _coarse(mi.volume, pixel_size, own)
             voxel = pixel_size * mi.volume.shape[-1] / reference.shape[-1]
-            aligned = align_map(moving, reference, voxel, resolution_A=own, coarse_box=reference.shape[-1]).aligned
+            aligned = align_map(moving, reference, voxel, resolution_A=own, coarse_box=reference.shape[-1],
+                                polish=False).aligned
             frequency, curve = fsc_curve(aligned, reference, voxel)
             cross = resolution_at(frequency, curve, 0.5)
             log.info("classes %d and %d: maps agree to %.1f Å (FSC 0.5), determined to %.1f Å", i + 1, j + 1, cross,
