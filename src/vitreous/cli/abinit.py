@@ -200,9 +200,8 @@ def _write_results(job, particles: ParticleSet, state: SGDState, posteriors: np.
         rows.append(row)
     out = particles.with_poses(rotations=rotations, shifts_angst=shifts * pixel_size)
     columns = {"rlnClassNumber": labels + 1, "rlnRandomSubset": halves + 1, "rlnMaxValueProbDistribution": max_weight}
-    if K > 1:
-        columns.update({f"vtsClassProbability{k + 1}": posteriors[:, k] for k in range(K)})
-    write_star(job.path("particles.star"), out.with_columns(**columns))
+    out = out.with_columns(**columns).with_class_probabilities(posteriors if K > 1 else None)
+    write_star(job.path("particles.star"), out)
     if table:
         with atomic_path(job.path("fsc.csv")) as tmp:
             pd.DataFrame(table).to_csv(tmp, index=False)

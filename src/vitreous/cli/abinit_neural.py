@@ -160,9 +160,7 @@ def _write_results(job, particles: ParticleSet, data: ParticleBatches, models, s
     factor = data.pixel_size  # Å per training-box pixel
     out = particles.with_poses(rotations=state.rotations[rows, labels],
                                shifts_angst=state.shifts_px[rows, labels] * factor)
-    columns = {"rlnClassNumber": labels + 1, **{f"vtsClassProbability{k + 1}": state.responsibilities[:, k]
-                                                 for k in range(K)}}
-    out = out.with_columns(**columns)
+    out = out.with_columns(rlnClassNumber=labels + 1).with_class_probabilities(state.responsibilities)
     if state.config.zdim:
         out = out.with_latents(latents[rows, labels])
     write_star(job.path("particles.star"), out)

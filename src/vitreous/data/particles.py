@@ -26,6 +26,7 @@ SHIFTS = ["rlnOriginXAngst", "rlnOriginYAngst"]
 DEFOCUS = ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]
 OPTICS_CTF = ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
 LATENT_PREFIX = "vtsLatent"
+CLASS_PROBABILITY_PREFIX = "vtsClassProbability"
 DEFAULT_AMPLITUDE_CONTRAST = 0.1
 
 
@@ -188,6 +189,16 @@ class ParticleSet:
         table = self.particles.drop(columns=self.latent_columns())
         for k in range(z.shape[1]):
             table[f"{LATENT_PREFIX}{k + 1}"] = z[:, k]
+        return replace(self, particles=table)
+
+    def with_class_probabilities(self, posteriors: np.ndarray | None) -> ParticleSet:
+        """A copy with class posteriors (N, K) in ``vtsClassProbability1..K``, replacing those of an earlier job
+        (None: only removed)."""
+        table = self.particles.drop(columns=[c for c in self.particles.columns
+                                             if c.startswith(CLASS_PROBABILITY_PREFIX)])
+        if posteriors is not None:
+            for k in range(posteriors.shape[1]):
+                table[f"{CLASS_PROBABILITY_PREFIX}{k + 1}"] = np.asarray(posteriors[:, k])
         return replace(self, particles=table)
 
     def subset(self, indices: np.ndarray) -> ParticleSet:
