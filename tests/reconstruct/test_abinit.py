@@ -157,3 +157,35 @@ def test_a_checkpoint_resumes_to_the_same_result(simulated) -> None:
     assert resumed.iteration == 4 and [h["batch"] for h in resumed.history] == [60, 67, 73, 80]
     np.testing.assert_allclose(resumed.maps, straight.maps, atol=1e-5)
     np.testing.assert_allclose(resumed.priors, straight.priors, atol=1e-6)
+
+
+def test_resolve_keeps_the_start_with_the_best_half_map_resolution(simulated, monkeypatch) -> None:
+    """Each class is solved alone RESOLVE_STARTS times; the start whose half-map FSC is best is kept (here the
+    second start of class 1, the first of class 2, by construction)."""
+    from dataclasses import replace
+
+    from vitreous.reconstruct import abinit
+
+    particles, _ = simulated
+    options = AbinitOptions(classes=2, iterations=2, initial_batch=50, final_batch=50)
+    state = initial_sgd_state(particles, options)
+    labels = np.repeat([0, 1], N // 2)
+    assignment = Assignment(np.eye(2, dtype=np.float32)[labels], np.zeros((N, 2, 3, 3)), np.zeros((N, 2, 2)))
+    seeds: dict[int, int] = {}
+
+    def solved(subset, start_state, one):  # the random start itself stands for a solved map
+        seeds[id(start_state)] = one.seed
+        return start_state
+
+    def resolution(s):  # class 1: the second start (seed + 1000) is better; class 2: the first
+        seed = seeds[id(s)]
+        return [10.0 if (seed >= 1000) == (seed % 1000 == options.seed + 1) else 20.0]
+
+    monkeypatch.setattr(abinit, "run_sgd", solved)
+    monkeypatch.setattr(abinit, "class_resolutions", resolution)
+    resolved = abinit.resolve_classes(particles, state, assignment, options, 0)
+    assert abinit.RESOLVE_STARTS == 2 and len(seeds) == 4
+    for k, seed in ((0, options.seed + 1 + 1000), (1, options.seed + 1 + 1)):
+        subset = particles.subset(np.nonzero(labels == k)[0])
+        expected = initial_sgd_state(subset, replace(options, classes=1, seed=seed)).maps[0]
+        np.testing.assert_array_equal(resolved.maps[k], expected)
