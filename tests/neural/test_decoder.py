@@ -43,7 +43,7 @@ def test_homogeneous_sections_equal_the_projector_slices_of_the_map() -> None:
 def test_latent_sections_match_the_projector_slices_of_the_decoded_maps() -> None:
     sections, reference = _sections_and_reference(2)
     # the deltas are interpolated on their own (coarser) grid: equal up to interpolation error
-    assert float((sections - reference).norm() / reference.norm()) < 1e-3
+    assert float((sections - reference).norm() / reference.norm()) < 5e-3
 
 
 def test_gradients_reach_base_deltas_and_coefficients() -> None:
