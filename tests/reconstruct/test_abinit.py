@@ -171,20 +171,20 @@ def test_resolve_keeps_the_start_with_the_best_half_map_resolution(simulated, mo
     state = initial_sgd_state(particles, options)
     labels = np.repeat([0, 1], N // 2)
     assignment = Assignment(np.eye(2, dtype=np.float32)[labels], np.zeros((N, 2, 3, 3)), np.zeros((N, 2, 2)))
-    seeds: dict[int, int] = {}
+    solved_starts: list[tuple[object, int]] = []  # held, so no id is reused
 
     def solved(subset, start_state, one):  # the random start itself stands for a solved map
-        seeds[id(start_state)] = one.seed
+        solved_starts.append((start_state, one.seed))
         return start_state
 
     def resolution(s):  # class 1: the second start (seed + 1000) is better; class 2: the first
-        seed = seeds[id(s)]
+        seed = next(seed for state_, seed in solved_starts if state_ is s)
         return [10.0 if (seed >= 1000) == (seed % 1000 == options.seed + 1) else 20.0]
 
     monkeypatch.setattr(abinit, "run_sgd", solved)
     monkeypatch.setattr(abinit, "class_resolutions", resolution)
     resolved = abinit.resolve_classes(particles, state, assignment, options, 0)
-    assert abinit.RESOLVE_STARTS == 2 and len(seeds) == 4
+    assert abinit.RESOLVE_STARTS == 2 and len(solved_starts) == 4
     for k, seed in ((0, options.seed + 1 + 1000), (1, options.seed + 1 + 1)):
         subset = particles.subset(np.nonzero(labels == k)[0])
         expected = initial_sgd_state(subset, replace(options, classes=1, seed=seed)).maps[0]
