@@ -171,7 +171,7 @@ def test_resolve_keeps_the_start_with_the_best_half_map_resolution(simulated, mo
     state = initial_sgd_state(particles, options)
     labels = np.repeat([0, 1], N // 2)
     assignment = Assignment(np.eye(2, dtype=np.float32)[labels], np.zeros((N, 2, 3, 3)), np.zeros((N, 2, 2)))
-    solved_starts: list[tuple[object, int]] = []  # held, so no id is reused
+    solved_starts: list[tuple[object, int]] = []  # (state, seed), found by identity
 
     def solved(subset, start_state, one):  # the random start itself stands for a solved map
         solved_starts.append((start_state, one.seed))

@@ -166,11 +166,10 @@ def _spline_resample(coefficients: np.ndarray, rotation: np.ndarray, shift_px: n
                                    mode="grid-constant").reshape(D, D, D)
 
 
-def _polish(moving: np.ndarray, reference: np.ndarray, rotation: np.ndarray,
+def _polish(coefficients: np.ndarray, reference: np.ndarray, rotation: np.ndarray,
             shift_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Continuous refinement (Nelder-Mead; simplex of 0.5° and 0.25 voxel) of ``rotation`` and ``shift_px`` by
-    the correlation of the cubic-spline resampled ``moving`` with ``reference``."""
-    coefficients = ndimage.spline_filter(moving.astype(np.float64), order=3, mode="grid-constant")
+    the correlation with ``reference`` of the moving map resampled from its cubic-spline ``coefficients``."""
     ref = reference.astype(np.float64) - reference.mean()
     ref /= max(float(np.linalg.norm(ref)), 1e-12)
 
@@ -235,8 +234,8 @@ def align_map(moving: np.ndarray, reference: np.ndarray, pixel_size: float, *, r
     vol = hand(mirrored)
     shift = -_unflatten_shift(index, D)  # aligned(x) = moving(R (x - shift))
     if polish:
-        matrix, shift = _polish(vol.numpy(), reference, rotation.double().numpy(), shift)
         coefficients = ndimage.spline_filter(vol.double().numpy(), order=3, mode="grid-constant")
+        matrix, shift = _polish(coefficients, reference, rotation.double().numpy(), shift)
         aligned = _spline_resample(coefficients, matrix, shift).astype(np.float32)
     else:
         matrix = rotation.double().numpy()

@@ -520,7 +520,7 @@ def resolve_classes(particles: ParticleSet, state: SGDState, assignment: Assignm
                 one = replace(options, classes=1, seed=options.seed + 1 + 10 * round_ + k + 1000 * start)
                 alone = run_sgd(subset, initial_sgd_state(subset, one), one)
                 starts.append((class_resolutions(alone)[0] or np.inf, alone))
-            resolution, alone = min(starts, key=lambda s: s[0])
+            _, alone = min(starts, key=lambda s: s[0])
             maps[k], diameters[k] = alone.maps[0], alone.mask_diameters_A[0]
             numerators[k], weights[k], counts[k] = alone.numerators[0], alone.weights[0], alone.counts[0]
             log.info("class %d re-solved alone from its %d particles (mask %.0f Å; best of %d starts, half-map "
