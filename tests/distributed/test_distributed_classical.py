@@ -36,8 +36,9 @@ from vitreous.sim.truth import models_truth
 
 BOX, APIX, N = 32, 3.0, 200
 WORKER = Path(__file__).with_name("classical_worker.py")
-REFINE = RefineOptions(max_iterations=2, global_iterations=1, batch_size=100)
-REFINE_ARGS = ("--global-iterations", 1, "--batch-size", 100)  # with "--iterations 2": REFINE
+# both iterations global: a local second iteration may be discarded (refine's lost_ground), leaving nothing to resume
+REFINE = RefineOptions(max_iterations=2, global_iterations=2, batch_size=100)
+REFINE_ARGS = ("--global-iterations", 2, "--batch-size", 100)  # with "--iterations 2": REFINE
 CLASSIFY = {"classes": 2, "tolerance": 0.0}
 
 

@@ -9,6 +9,7 @@ resolution (FSC = 0.5 against the truth) of the map reconstructed with the true 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib import resources
 
 import numpy as np
@@ -27,6 +28,7 @@ from vitreous.reconstruct.refine import (
     RefineState,
     check_particles,
     initial_state,
+    lost_ground,
     match_reference,
     refine,
 )
@@ -73,7 +75,9 @@ def test_refinement_reaches_the_known_pose_resolution(refined, particles: Partic
     achieved = against_truth(final.full_map, truth)
     assert against_truth(start, truth) > 20.0
     assert achieved < 1.15 * known  # measured 9.0 Å vs 8.9 Å with the true poses
-    assert [s.iteration for s in states] == list(range(1, final.iteration + 1))
+    # every kept iteration checkpointed in order (a discarded one repeats the last, marked converged)
+    assert list(dict.fromkeys(s.iteration for s in states)) == list(range(1, final.iteration + 1))
+    assert states[-1] is final
     assert final.history[-1]["resolution_0.143_A"] < final.history[0]["resolution_0.143_A"]
     assert [h["search"] for h in final.history[:3]] == ["global"] * 3
 
@@ -149,3 +153,38 @@ def test_the_reference_is_low_passed_to_the_start_resolution(particles: Particle
     below = radius < 1 / 26.0
     np.testing.assert_allclose(start[below], full[below], rtol=1e-3, atol=1e-6 * full.max())
     assert state.resolution_A == 20.0
+
+
+def _with_fsc(state: RefineState, iteration: int, curve: np.ndarray, resolution_A: float) -> RefineState:
+    frequency = np.arange(len(curve)) / (len(curve) * 2 * APIX)
+    return replace(state, iteration=iteration, frequency=frequency, fsc=[*state.fsc, curve],
+                   resolution_A=resolution_A, history=[*state.history, {"search": "local"}])
+
+
+def test_lost_ground_compares_the_curves_up_to_the_finer_resolution(particles: ParticleSet,
+                                                                     truth: np.ndarray) -> None:
+    start = initial_state(particles, truth, OPTIONS)
+    falling = np.linspace(1.0, 0.0, 16)
+    before = _with_fsc(start, 1, falling, 12.0)
+    assert not lost_ground(before, _with_fsc(before, 2, falling + 0.01, 11.0))
+    worse_in_band = falling.copy()
+    worse_in_band[3] -= 0.05  # 16 Å: inside the band; better beyond it does not make up for that
+    worse_in_band[12:] += 0.2
+    assert lost_ground(before, _with_fsc(before, 2, worse_in_band, 12.0))
+
+
+def test_a_local_iteration_that_loses_ground_is_discarded(particles: ParticleSet, truth: np.ndarray,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iterations whose FSC falls after the second: the result is iteration 2, marked converged, and that is what
+    the last checkpoint holds."""
+    import vitreous.reconstruct.refine as module
+
+    curves = {1: np.linspace(1.0, 0.0, 16), 2: np.linspace(1.0, 0.1, 16), 3: np.linspace(1.0, 0.05, 16)}
+    monkeypatch.setattr(module, "refine_iteration", lambda particles, state, options, progress, ranks: (
+        _with_fsc(state, state.iteration + 1, curves[state.iteration + 1], 10.0), None))
+    saved: list[RefineState] = []
+    start = initial_state(particles, truth, OPTIONS)
+    final = refine(particles, start, OPTIONS, on_iteration=saved.append)
+    assert final.iteration == 2 and final.converged
+    assert np.array_equal(final.fsc[-1], curves[2])
+    assert saved[-1] is final and [s.iteration for s in saved] == [1, 2, 2]

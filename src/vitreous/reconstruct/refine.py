@@ -17,10 +17,12 @@ Each iteration, for each half:
    filter), each image inserted at its kept poses weighted by their posterior probabilities (``soft``; poses
    below ``min_weight`` dropped and the rest renormalised) or at its best pose only (``soft=False``).
 
-It stops after ``max_iterations`` or when an iteration at the finest local step improved the resolution by
-less than 1 %.  With a point group (``symmetry``), every pose is inserted at its equivalent orientations
-(:class:`~vitreous.physics.symmetry.SymmetricBackprojector`); the search still covers all of SO(3).  Poses are
-RELION matrices ``A`` and origins (px); maps are [z, y, x] with voxel size ``pixel_size`` Å.
+It stops after ``max_iterations``, when an iteration at the finest local step improved the resolution by
+less than 1 %, or when a local iteration lowered the half-map FSC (:func:`lost_ground`): that iteration is
+discarded, so the result is the last iteration that did not lose ground.  With a point group (``symmetry``),
+every pose is inserted at its equivalent orientations (:class:`~vitreous.physics.symmetry.SymmetricBackprojector`);
+the search still covers all of SO(3).  Poses are RELION matrices ``A`` and origins (px); maps are [z, y, x] with
+voxel size ``pixel_size`` Å.
 
 Under ``torchrun`` (``ranks``) each process searches and inserts its shard of each half set; the accumulators,
 the residual sums and the per-particle poses are summed over the processes, so every rank holds the same maps
@@ -34,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -395,10 +397,23 @@ def refine(particles: ParticleSet, state: RefineState, options: RefineOptions,
 
         parse_symmetry(options.symmetry)
     while state.iteration < options.max_iterations and not state.converged:
-        state, _ = refine_iteration(particles, state, options, progress, ranks=ranks)
+        new, _ = refine_iteration(particles, state, options, progress, ranks=ranks)
+        if new.history[-1]["search"] == "local" and state.fsc and lost_ground(state, new):
+            log.info("iteration %d lowered the half-map FSC (mean up to %.2f Å): discarded, the refinement ends at "
+                     "iteration %d", new.iteration, min(state.resolution_A, new.resolution_A), state.iteration)
+            new = replace(state, converged=True)
+        state = new
         if on_iteration is not None:
             on_iteration(state)
     return state
+
+
+def lost_ground(before: RefineState, after: RefineState) -> bool:
+    """Whether ``after``'s half-map FSC, averaged over the shells up to the finer of the two FSC = 0.143
+    resolutions, is below ``before``'s (a local search at a step finer than the poses are determined can fit
+    noise: the poses get worse while the step shrinks)."""
+    band = (after.frequency > 0) & (after.frequency <= 1 / min(before.resolution_A, after.resolution_A))
+    return float(np.mean(np.asarray(after.fsc[-1])[band])) < float(np.mean(np.asarray(before.fsc[-1])[band]))
 
 
 def masked_fsc(state: RefineState, options: RefineOptions, pixel_size: float) -> np.ndarray:
@@ -409,4 +424,4 @@ def masked_fsc(state: RefineState, options: RefineOptions, pixel_size: float) ->
 
 
 __all__ = ["RefineOptions", "RefineState", "check_particles", "comparison_radius", "initial_state",
-           "mask_radius_px", "masked_fsc", "match_reference", "refine", "refine_iteration"]
+           "lost_ground", "mask_radius_px", "masked_fsc", "match_reference", "refine", "refine_iteration"]
