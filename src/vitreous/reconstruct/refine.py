@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 NOISE_SAMPLE = 2000  # images per half used for the first noise estimate
 RESOLUTION_GAIN = 0.01  # relative resolution improvement that still counts as progress
+FSC_TOLERANCE = 0.005  # drop of the mean half-map FSC that counts as lost ground (beyond its noise)
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
@@ -410,10 +411,12 @@ def refine(particles: ParticleSet, state: RefineState, options: RefineOptions,
 
 def lost_ground(before: RefineState, after: RefineState) -> bool:
     """Whether ``after``'s half-map FSC, averaged over the shells up to the finer of the two FSC = 0.143
-    resolutions, is below ``before``'s (a local search at a step finer than the poses are determined can fit
-    noise: the poses get worse while the step shrinks)."""
+    resolutions, is more than ``FSC_TOLERANCE`` below ``before``'s (local searches at steps finer than the poses
+    are determined, inserting only the ``keep`` best poses of a posterior that spans many, fit noise and blur
+    the map)."""
     band = (after.frequency > 0) & (after.frequency <= 1 / min(before.resolution_A, after.resolution_A))
-    return float(np.mean(np.asarray(after.fsc[-1])[band])) < float(np.mean(np.asarray(before.fsc[-1])[band]))
+    drop = float(np.mean(np.asarray(before.fsc[-1])[band]) - np.mean(np.asarray(after.fsc[-1])[band]))
+    return drop > FSC_TOLERANCE
 
 
 def masked_fsc(state: RefineState, options: RefineOptions, pixel_size: float) -> np.ndarray:
