@@ -169,7 +169,7 @@ def test_lost_ground_compares_the_curves_up_to_the_finer_resolution(particles: P
     assert not lost_ground(before, _with_fsc(before, 2, falling + 0.01, 11.0))
     assert not lost_ground(before, _with_fsc(before, 2, falling - 0.002, 12.0))  # within the FSC's noise
     worse_in_band = falling.copy()
-    worse_in_band[3] -= 0.2  # 16 Å: inside the band; better beyond it does not make up for that
+    worse_in_band[3] -= 0.2  # 32 Å: inside the band (up to 12 Å); better beyond it does not make up for that
     worse_in_band[12:] += 0.2
     assert lost_ground(before, _with_fsc(before, 2, worse_in_band, 12.0))
 
