@@ -94,7 +94,8 @@ def class_scores(job: Path, sim: Path, classes: int) -> dict[str, Any]:
 
     labels, names, reference = components(sim)
     states = np.load(sim / "truth" / "labels.npy")
-    assigned = read_star(job / "particles.star", load_images=False).particles["rlnClassNumber"].to_numpy() - 1
+    particles = read_star(job / "particles.star", load_images=False)
+    assigned = particles.particles["rlnClassNumber"].to_numpy() - 1
     sizes = np.bincount(assigned, minlength=classes)
     rows = []
     for k in range(classes):
@@ -106,9 +107,14 @@ def class_scores(job: Path, sim: Path, classes: int) -> dict[str, Any]:
             row.update({"protein": names[protein], "purity": float(np.mean(members == protein)),
                         **map_scores(job / f"class_{k + 1:03d}.mrc", truth, voxel)})
             latents = job / f"class_{k + 1:03d}_z.npy"
-            if names[protein].startswith("adk") and latents.is_file():
-                row["latent_pc1_spearman"] = _latent_spearman(np.load(latents), states[assigned == k],
-                                                              members == protein)
+            if names[protein].startswith("adk"):
+                if latents.is_file():
+                    row["latent_pc1_spearman"] = _latent_spearman(np.load(latents), states[assigned == k],
+                                                                  members == protein)
+                truly = np.nonzero((assigned == k) & (labels == protein))[0]
+                row["pose_error_by_frame"] = pose_errors_by_frame(
+                    particles.rotations[truly], np.load(sim / "truth" / "rotations.npy")[truly],
+                    states[truly] - states[labels == protein].min())
         rows.append(row)
     return {"ari": adjusted_rand_index(assigned, labels), "sizes": sizes.tolist(),
             "classes_over_2_percent": int(np.sum(sizes > SMALL_CLASS * len(labels))), "classes": rows}
@@ -123,6 +129,21 @@ def _latent_spearman(z: np.ndarray, frames: np.ndarray, truly: np.ndarray) -> fl
     z = z[truly] - z[truly].mean(0)
     pc1 = z @ np.linalg.svd(z, full_matrices=False)[2][0] if z.shape[1] > 1 else z[:, 0]
     return float(spearmanr(pc1, frames[truly]).statistic)
+
+
+def pose_errors_by_frame(rotations: np.ndarray, truth: np.ndarray, frames: np.ndarray,
+                         bins: int = 5) -> list[dict[str, Any]]:
+    """Rotation errors of a trajectory class's particles after one global alignment (either hand) to the truth,
+    per quintile of their trajectory frames (0-based): which conformations the class's poses fail."""
+    from vitreous.analysis.alignment import align_rotations
+
+    errors = align_rotations(rotations, truth).errors_deg
+    edges = np.quantile(frames, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, frames, side="right") - 1, 0, bins - 1)
+    parts = [which == b for b in range(bins)]
+    return [{"frames": [int(frames[part].min()), int(frames[part].max())], "n": int(part.sum()),
+             "median_deg": float(np.median(errors[part])), "over_20_deg": float(np.mean(errors[part] > 20))}
+            for part in parts if part.any()]
 
 
 def table(result: dict[str, Any]) -> str:
@@ -140,6 +161,9 @@ def table(result: dict[str, Any]) -> str:
                              f"(ratio {ratio:.2f}, target <= {TARGET_RATIO})"
                              + (f", latent PC1 Spearman {row['latent_pc1_spearman']:.3f} (target |rho| >= 0.8)"
                                 if "latent_pc1_spearman" in row else ""))
+                for part in row.get("pose_error_by_frame", []):
+                    lines.append(f"    frames {part['frames'][0]}-{part['frames'][1]} ({part['n']}): median rotation "
+                                 f"error {part['median_deg']:.1f}°, {100 * part['over_20_deg']:.0f} % over 20°")
     return "\n".join(lines)
 
 
