@@ -90,3 +90,15 @@ def test_bad_options_are_one_line(vitreous, simulated: Path, tmp_path: Path, arg
     out = tmp_path / "job"
     vitreous("abinit-neural", simulated / "particles.star", "-o", out, *args).assert_error(fragment)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, epochs", [((), 10), (("--zdim", "2"), 20), (("--zdim", "2", "--epochs", "3"), 3)])
+def test_default_epochs_follow_the_latent(vitreous, simulated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          args, epochs: int) -> None:
+    """Latents need more training than homogeneous classes: 20 epochs by default with --zdim > 0, else 10."""
+    from vitreous.cli import abinit_neural
+
+    seen = []
+    monkeypatch.setattr(abinit_neural, "run_abinit_neural", lambda *a, **k: seen.append(a[3].train.epochs))
+    assert vitreous("abinit-neural", simulated / "particles.star", "-o", tmp_path / "job", *args).code == 0
+    assert seen == [epochs]

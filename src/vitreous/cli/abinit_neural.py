@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vitreous.report import Report
 
 CHECKPOINT = "mixture"
+DEFAULT_EPOCHS, DEFAULT_EPOCHS_LATENT = 10, 20  # homogeneous classes; with latents (see --epochs)
 
 
 def _class_name(k: int, suffix: str = ".mrc") -> str:
@@ -273,7 +274,10 @@ def register(app: typer.Typer) -> None:
         out: OutDir,
         classes: Annotated[int, typer.Option("--classes", "-K", help="Number of neural fields (classes).")] = 1,
         zdim: Annotated[int, typer.Option("--zdim", help="Latent dimension per class (0: homogeneous).")] = 0,
-        epochs: Annotated[int, typer.Option("--epochs", help="Epochs of mixture training.")] = 10,
+        epochs: Annotated[int | None, typer.Option(
+            "--epochs", help="Epochs of mixture training (default: 10 for homogeneous classes, 20 with --zdim > 0: "
+                             "with 10 the latents of 2.6k adenylate kinase particles with their true poses "
+                             "followed the frame with Spearman 0.76, with 20 0.91).")] = None,
         downsample: Annotated[int | None, typer.Option(
             "--downsample", metavar="BOX", help="Train at this box (Fourier cropping).")] = None,
         search_every: Annotated[int, typer.Option(
@@ -301,6 +305,8 @@ def register(app: typer.Typer) -> None:
         from vitreous.neural.train import TrainOptions
         from vitreous.reconstruct.abinit import AbinitOptions
 
+        if epochs is None:
+            epochs = DEFAULT_EPOCHS if zdim == 0 else DEFAULT_EPOCHS_LATENT
         if min(epochs, batch_size) < 1 or min(search_every, refine_iterations) < 0:
             raise InputError(None, "--epochs and --batch-size must be at least 1, --search-every and "
                              "--refine-iterations 0 or more", "fix the options")
