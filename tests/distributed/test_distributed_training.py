@@ -97,6 +97,7 @@ def _worker(rank: int, world_size: int, port: int, jobs: list[tuple[str, Path, P
             _, state = train_mixture(data, MixtureState.from_dict(saved), options, ranks=ranks)
         if ranks.is_main:
             torch.save(state.to_dict(), result)
+    dist.barrier()  # as vitreous.distributed.ranks.process_group: both ranks done before either tears down
     dist.destroy_process_group()
 
 

@@ -159,12 +159,14 @@ def current(backend: str | None = None) -> Ranks:
 def process_group(device: str) -> Iterator[tuple[Ranks, str]]:
     """A command's process group for work on ``device`` (:func:`current`: gloo for ``cpu``, NCCL for CUDA) and
     the device this rank uses (under ``torchrun`` a plain ``cuda`` means this rank's GPU, ``cuda:LOCAL_RANK``);
-    the group is left (:func:`shutdown`) when the block ends, however it ends."""
+    the group is left (:func:`shutdown`) when the block ends, however it ends (after a barrier when it ends
+    normally: a rank tearing down gloo's connections while a peer still uses them can abort the peer)."""
     ranks = current("gloo" if torch.device(device).type == "cpu" else None)
     if ranks.distributed and device == "cuda":
         device = f"cuda:{ranks.local_rank}"
     try:
         yield ranks, device
+        ranks.barrier()  # no rank closes its connections while another is still in a collective
     finally:
         shutdown()
 
