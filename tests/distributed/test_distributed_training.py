@@ -80,7 +80,7 @@ def _worker(rank: int, world_size: int, port: int, jobs: list[tuple[str, Path, P
     """One rank: run each (kind, start checkpoint, result file, epochs) job with ``ranks``; rank 0 saves."""
     import torch.distributed as dist
 
-    from vitreous.distributed.ranks import Ranks
+    from vitreous.distributed.ranks import Ranks, shutdown
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -97,8 +97,8 @@ def _worker(rank: int, world_size: int, port: int, jobs: list[tuple[str, Path, P
             _, state = train_mixture(data, MixtureState.from_dict(saved), options, ranks=ranks)
         if ranks.is_main:
             torch.save(state.to_dict(), result)
-    dist.barrier()  # as vitreous.distributed.ranks.process_group: both ranks done before either tears down
-    dist.destroy_process_group()
+    ranks.barrier()  # as process_group does: both ranks done before either tears down
+    shutdown()
 
 
 def _free_port() -> int:
