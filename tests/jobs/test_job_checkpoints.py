@@ -28,6 +28,19 @@ def test_save_and_load(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back["angles"], state["angles"])
 
 
+def test_a_scope_keeps_its_results_and_checkpoints_apart_from_the_jobs(tmp_path: Path) -> None:
+    with open_job(tmp_path / "job") as job:
+        job.save_checkpoint("state", {"whole": True})
+        part = job.scope("part_001")
+        assert part.load_checkpoint("state") is None and part.resumed is job.resumed is False
+        part.save_checkpoint("state", {"whole": False})
+        assert job.load_checkpoint("state") == {"whole": True}
+        assert part.load_checkpoint("state") == {"whole": False}
+        assert job.has_checkpoint("part_001.state")
+        result = part.path("map.mrc")
+    assert result == tmp_path / "job" / "part_001" / "map.mrc" and result.parent.is_dir()
+
+
 def test_resume_after_a_kill_keeps_finished_work(tmp_path: Path) -> None:
     folder = tmp_path / "job"
     done = []

@@ -95,3 +95,30 @@ def test_a_nan_loss_stops_cleanly_and_keeps_the_last_finished_epoch(mixture_data
     with pytest.raises(InputError, match="loss became nan in epoch 2.*checkpoint of epoch 1 is kept"):
         train_mixture(data, state, longer, on_epoch=lambda s: saved.append(s.epoch))
     assert saved == [1] and state.epoch == 1
+
+
+def test_with_latents_poses_are_searched_against_the_map_of_each_particles_conformation(mixture_data) -> None:
+    """One class with a latent (closed and open kinase): the maps searched are decoded at latent cluster centres,
+    and most particles (90 %) are searched against a map that departs from the mean towards their own
+    conformation."""
+    from vitreous.neural.mixture import LATENT_GROUPS, _models, search_maps
+
+    particles, data, volumes, states = mixture_data
+    rotations = particles.rotations[:, None].astype(np.float32)
+    shifts = particles.shifts_px[:, None].astype(np.float32)
+    start = initial_mixture(data, ModelConfig(box=BOX, zdim=1), [(volumes[0] + volumes[1]) / 2 / data.scale],
+                            rotations, shifts, np.ones((N, 1)), seed=0)
+    options = MixtureOptions(train=TrainOptions(epochs=6, batch_size=50), search_every=0)
+    models, state = train_mixture(data, start, options)
+    stacks, groups = search_maps(models, data, state)
+    assert len(stacks) == 1 and stacks[0].shape == (LATENT_GROUPS, BOX, BOX, BOX) and groups.shape == (N, 1)
+
+    # a map is "open" when its departure from the mean map points from the closed towards the open kinase
+    motion = (volumes[1] - volumes[0]).flatten()
+    departures = (stacks[0] - stacks[0].mean(0)).flatten(1)
+    searched_as_open = (departures @ motion > 0).numpy()[groups[:, 0]]
+    assert np.mean(searched_as_open == (states == 1)) > 0.8
+    homogeneous = initial_mixture(data, ModelConfig(box=BOX, zdim=0), [volumes[0] / data.scale], rotations, shifts,
+                                  np.ones((N, 1)))
+    stacks, groups = search_maps(_models(homogeneous, torch.device("cpu")), data, homogeneous)
+    assert stacks[0].shape == (1, BOX, BOX, BOX) and not groups.any()

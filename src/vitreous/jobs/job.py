@@ -154,6 +154,10 @@ class Job:
         """Whether checkpoint ``name`` exists."""
         return self.checkpoints.has(name)
 
+    def scope(self, name: str) -> JobScope:
+        """A part of this job that runs another command's stages: see :class:`JobScope`."""
+        return JobScope(self, name)
+
     def write_report(self, report: Report) -> Path:
         """Write ``report`` as ``report.html`` with a closing 'Job' section linking run.log and job.json."""
         report.section("Job")
@@ -187,6 +191,29 @@ class FollowerJob(Job):
 
     def write_report(self, report: Report) -> Path:
         return self.path(REPORT_FILE)
+
+
+class JobScope:
+    """A part of a job, for code written for a whole job (``resumed``, ``path``, checkpoints): its results go to
+    the subfolder ``NAME/``, its checkpoints are named ``NAME.CHECKPOINT``; the job's own are untouched."""
+
+    def __init__(self, job: Job, name: str) -> None:
+        self.job, self.name = job, name
+
+    @property
+    def resumed(self) -> bool:
+        return self.job.resumed
+
+    def path(self, name: str | Path) -> Path:
+        path = self.job.path(Path(self.name) / name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_checkpoint(self, name: str, obj: Any) -> Path:
+        return self.job.save_checkpoint(f"{self.name}.{name}", obj)
+
+    def load_checkpoint(self, name: str) -> Any | None:
+        return self.job.load_checkpoint(f"{self.name}.{name}")
 
 
 def _outcome(exc: BaseException | None) -> tuple[str, str | None]:

@@ -16,9 +16,11 @@ gradient), so a class that explains nothing empties instead of splitting a prote
 
 Poses come from the global search of :mod:`vitreous.reconstruct.abinit` (the pose-search engine of
 :mod:`vitreous.align`), one best pose per class; every ``search_every`` epochs they are refreshed by a local
-search of each class against its decoded map at ``z = 0`` (the prior mean: one search volume per class, so the
-search cost grows with K but not with the latent dimension).  Rotations are RELION matrices; origins in
-pixels of the training box.
+search of each class against its decoded map (homogeneous classes), or with latents against the maps decoded at
+``LATENT_GROUPS`` latent cluster centres, each particle against the map of its own cluster: one map at the prior
+mean ``z = 0`` would pull the poses of conformations far from it towards the consensus.  Each particle is searched
+once per class whatever the latent dimension, so the search cost grows with K but not with Z.  Rotations are
+RELION matrices; origins in pixels of the training box.
 
 Under ``torchrun`` (``ranks``) each rank trains on its share of every batch, as :func:`vitreous.neural.train.train`
 (gradients, noise model, the batch's responsibilities and statistics summed over the ranks in one all-reduce per
@@ -51,6 +53,7 @@ from vitreous.physics.projection import Projector
 log = logging.getLogger(__name__)
 
 MIN_PRIOR = 1e-6  # keeps log(pi_k) finite for an emptied class
+LATENT_GROUPS = 4  # with latents, the poses of each class are refreshed against maps at this many latent centres
 
 
 @dataclass(frozen=True)
@@ -135,11 +138,36 @@ def mixture_terms(models: torch.nn.ModuleList, batch, rotations: Tensor, shifts:
     return loss, responsibilities, residual.detach()
 
 
+def search_maps(models: torch.nn.ModuleList, data: ParticleBatches, state: MixtureState, ranks: Ranks = SINGLE,
+                ) -> tuple[list[Tensor], np.ndarray]:
+    """The maps each class's poses are searched against: per class k a stack (G, D, D, D) and every particle's map
+    in it (N, K).  Homogeneous classes: the one map.  With latents: the maps decoded at the centres of
+    ``LATENT_GROUPS`` k-means clusters of the particles' mean latents in that class, each particle against its
+    cluster's map, so a conformation far from the mean is aligned to a map of its own kind (see the module
+    docstring)."""
+    from sklearn.cluster import KMeans
+
+    n, zdim = len(data), state.config.zdim
+    groups = np.zeros((n, len(models)), np.int64)
+    latents = encode_classes(models, data, ranks=ranks) if zdim else None
+    stacks = []
+    with torch.no_grad():
+        for k, model in enumerate(models):
+            if latents is None:
+                stacks.append(model.decoder.volumes(None, 1).float())
+                continue
+            fit = KMeans(n_clusters=min(LATENT_GROUPS, n), n_init=4, random_state=0).fit(latents[:, k])
+            groups[:, k] = fit.labels_
+            centres = torch.as_tensor(fit.cluster_centers_, dtype=torch.float32, device=data.device)
+            stacks.append(model.decoder.volumes(centres, len(centres)).float())
+    return stacks, groups
+
+
 def refresh_poses(models: torch.nn.ModuleList, data: ParticleBatches, state: MixtureState, sigma2: Tensor,
                   step_deg: float, batch_size: int = 256, ranks: Ranks = SINGLE) -> None:
-    """Local search of every particle in every class around its current pose, against the class map at z = 0
-    (all shells up to the band limit, scale-free ``ncc`` scores); updates ``state`` in place.  Under
-    ``torchrun`` each rank searches its shard and every rank gets all the poses."""
+    """Local search of every particle in every class around its current pose, against that class's map from
+    :func:`search_maps` (all shells up to the band limit, scale-free ``ncc`` scores); updates ``state`` in place.
+    Under ``torchrun`` each rank searches its shard and every rank gets all the poses."""
     from vitreous.reconstruct.images import CroppedImages
 
     box, device = data.box, data.device
@@ -149,21 +177,27 @@ def refresh_poses(models: torch.nn.ModuleList, data: ParticleBatches, state: Mix
                            shift_range_px=2 * shift_step, keep=1)
     shells = sigma2.new_full((box // 2 + 1,), float(sigma2[-1]))  # shells beyond the band limit: the last one's
     shells[:len(sigma2)] = sigma2[:box // 2 + 1]
-    zero = torch.zeros((1, state.config.zdim), device=device) if state.config.zdim else None
-    with torch.no_grad():
-        searches = [PoseSearch(ProjectorSlices(Projector(model.decoder.volumes(zero, 1)[0].float())),
-                               shells.clamp_min(1e-12), box, mode="ncc") for model in models]
+    stacks, groups = search_maps(models, data, state, ranks)
+    searches = [[PoseSearch(ProjectorSlices(Projector(volume)), shells.clamp_min(1e-12), box, mode="ncc")
+                 for volume in stack] for stack in stacks]
     images = CroppedImages(data.particles, box, device)
     mine = ranks.shard(len(data))
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
         spectra, ctf = images.read(idx)
         spectra = spectra / data.scale  # the units of the models and of sigma2
-        for k, search in enumerate(searches):
-            result = search.local_search(spectra, ctf, torch.as_tensor(state.rotations[idx, k], device=device),
-                                         torch.as_tensor(state.shifts_px[idx, k], device=device), options)
-            state.rotations[idx, k] = result.best_rotations.cpu().numpy()
-            state.shifts_px[idx, k] = result.best_shifts.cpu().numpy()
+        for k, class_searches in enumerate(searches):
+            for g, search in enumerate(class_searches):
+                rows = np.nonzero(groups[idx, k] == g)[0]
+                if not len(rows):
+                    continue
+                chosen = idx[rows]
+                at = torch.as_tensor(rows, device=device)
+                result = search.local_search(spectra[at], ctf[at],
+                                             torch.as_tensor(state.rotations[chosen, k], device=device),
+                                             torch.as_tensor(state.shifts_px[chosen, k], device=device), options)
+                state.rotations[chosen, k] = result.best_rotations.cpu().numpy()
+                state.shifts_px[chosen, k] = result.best_shifts.cpu().numpy()
     state.rotations[:] = ranks.gather_rows(state.rotations, mine)
     state.shifts_px[:] = ranks.gather_rows(state.shifts_px, mine)
 
@@ -269,4 +303,4 @@ def encode_classes(models: torch.nn.ModuleList, data: ParticleBatches, batch_siz
 
 
 __all__ = ["MixtureOptions", "MixtureState", "encode_classes", "initial_mixture", "mixture_terms",
-           "refresh_poses", "train_mixture"]
+           "refresh_poses", "search_maps", "train_mixture"]
