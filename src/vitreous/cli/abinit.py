@@ -38,6 +38,19 @@ class AbinitResult:
     assignment: Assignment
     refined: list[RefineState | None]
 
+    def poses(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every particle's pose in its most probable class: from that class's refinement, else from the stage-2
+        search (RELION matrices (N, 3, 3), origins (N, 2) px of the particles' box)."""
+        import numpy as np
+
+        rotations, shifts = self.assignment.best_poses()
+        labels = self.assignment.labels
+        for k, refined in enumerate(self.refined):
+            if refined is not None:
+                members = np.nonzero(labels == k)[0]
+                rotations[members], shifts[members] = refined.rotations, refined.shifts_px
+        return rotations, shifts
+
 
 def abinit_stages(job, particles: ParticleSet, options: AbinitOptions, start: np.ndarray | None = None,
                   ) -> AbinitResult:

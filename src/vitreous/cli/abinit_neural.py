@@ -67,12 +67,7 @@ def realigned_poses(job, particles: ParticleSet, result: AbinitResult, options: 
                               seed=options.seed + k + 1)
         sub = abinit_stages(job.scope(f"conformations_{k + 1:03d}"),
                             particles.subset(members), sub_options, start=refined.full_map)
-        rotations, shifts = sub.assignment.best_poses()
-        for j, state in enumerate(sub.refined):
-            if state is not None:
-                rows = np.nonzero(sub.assignment.labels == j)[0]
-                rotations[rows], shifts[rows] = state.rotations, state.shifts_px
-        realigned.append((rotations, shifts))
+        realigned.append(sub.poses())
     return realigned
 
 
@@ -92,14 +87,14 @@ def starting_mixture(particles: ParticleSet, result: AbinitResult, data: Particl
     box = particles.box
     assignment = result.assignment
     rotations, shifts = assignment.rotations.copy(), assignment.shifts_px.copy()
+    rows, labels = np.arange(len(particles)), assignment.labels
+    rotations[rows, labels], shifts[rows, labels] = result.poses()
     initial = result.state.full_maps(box)
     volumes = []
     for k, refined in enumerate(result.refined):
-        members = np.nonzero(assignment.labels == k)[0]
         if realigned is not None and realigned[k] is not None:
+            members = np.nonzero(labels == k)[0]
             rotations[members, k], shifts[members, k] = realigned[k]
-        elif refined is not None:
-            rotations[members, k], shifts[members, k] = refined.rotations, refined.shifts_px
         volume = torch.as_tensor(refined.full_map if refined is not None else initial[k])
         if data.box != box:
             volume = fourier_crop(volume, data.box, ndim=3) * (box / data.box)
@@ -161,8 +156,8 @@ def _run_abinit_neural(particles_path: Path, out: Path, options: AbinitOptions, 
     data = ParticleBatches(unposed, box=downsample, device=neural.train.device)
     with Job.open(out, command="abinit-neural", params=params, inputs=[particles_path], overwrite=overwrite,
                   resume=resume, ranks=ranks) as job, rank_failures(ranks):
-        state = ranks.on_main(lambda: _classical_stages(job, particles, data, options, zdim,
-                                                                  conformations, neural.train.seed))
+        state = ranks.on_main(lambda: _classical_stages(job, particles, data, options, zdim, conformations,
+                                                        neural.train.seed))
         remaining = (neural.train.epochs - state.epoch) * n
         with training_progress(remaining) if ranks.is_main else contextlib.nullcontext() as update:
             models, state = train_mixture(
@@ -379,5 +374,4 @@ def register(app: typer.Typer) -> None:
         neural = MixtureOptions(train=TrainOptions(epochs=epochs, batch_size=batch_size, device=device, seed=seed,
                                                    max_seconds=max_seconds), search_every=search_every)
         run_abinit_neural(particles, out, options, neural, zdim=zdim, conformations=conformations,
-                          downsample=downsample, datadir=datadir,
-                          apix=apix, resume=resume, overwrite=overwrite)
+                          downsample=downsample, datadir=datadir, apix=apix, resume=resume, overwrite=overwrite)
